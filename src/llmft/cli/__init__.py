@@ -1,0 +1,35 @@
+"""`llmft` command line: parse arguments, build a config, make one call. No logic lives here."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmft import __version__
+from llmft.errors import LlmftError
+
+# Each module adds its subcommands with register(subparsers); each subparser sets func=callable(args).
+COMMAND_MODULES = ("llmft.cli.data", "llmft.cli.train", "llmft.cli.after", "llmft.cli.run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="llmft", description="Instruction-tune causal LMs with SFT.")
+    parser.add_argument("--version", action="version", version=f"llmft {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except LlmftError as e:
+        print(f"llmft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmft: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)

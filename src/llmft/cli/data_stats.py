@@ -1,0 +1,5 @@
+"""Placeholder: this subcommand is being written."""
+
+
+def register(sub) -> None:
+    pass

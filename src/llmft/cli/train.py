@@ -1,0 +1,5 @@
+"""Placeholder: this command group is being written."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,256 @@
+"""Typed configuration: dataclasses loaded from YAML, overridden from the command line, validated all at once,
+and saved with every run so the run folder alone reproduces it."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from llmft.errors import LlmftError
+
+
+# ---------------------------------------------------------------- the configs
+
+@dataclass
+class DataConfig:
+    """`llmft data prepare`: which raw files, how to clean, dedup and split them."""
+    alpaca: list[str] = field(default_factory=list)
+    self_instruct: list[str] = field(default_factory=list)
+    natural_instructions: list[str] = field(default_factory=list)
+    unnatural_instructions: list[str] = field(default_factory=list)
+    reformulations: bool = False            # unnatural-instructions full: one record per paraphrase too
+    append_constraints: bool = False        # unnatural-instructions: append the constraints to the instruction
+    languages: list[str] = field(default_factory=lambda: ["English"])  # natural-instructions: instruction, input, output
+    max_instances_per_task: Optional[int] = None   # natural-instructions train tasks
+    test_instances_per_task: int = 100      # official SuperNI evaluation set: the first 100 of each test task
+    split: str = "random"                   # random | tasks
+    dev_ratio: float = 0.05
+    test_ratio: float = 0.05
+    seed: int = 0
+    strict: bool = False
+    near_dedup: bool = False                # remove MinHash near-duplicates (they are always reported)
+    near_dedup_threshold: float = 0.9
+    workers: int = 0                        # 0: one per CPU core
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.split not in ("random", "tasks"):
+            problems.append(f"split must be 'random' or 'tasks', got {self.split!r}")
+        for name in ("dev_ratio", "test_ratio"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {v}")
+        if self.dev_ratio + self.test_ratio >= 1.0:
+            problems.append("dev_ratio + test_ratio must be below 1")
+        if not 0.0 < self.near_dedup_threshold <= 1.0:
+            problems.append("near_dedup_threshold must be in (0, 1]")
+        return problems
+
+
+@dataclass
+class TrainConfig:
+    """`llmft train`: model, adapter, data, batching and the optimisation loop."""
+    data: str = ""
+    out: str = ""
+    model: str = "smollm2-135m"
+    method: str = "lora"                    # lora | full
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"        # all-linear, or comma-separated module names
+    use_rslora: bool = False
+    use_dora: bool = False
+    qlora: bool = False                     # 4-bit base (CUDA + bitsandbytes only)
+    template: str = "alpaca"                # alpaca | superni | chat
+    k_positive: int = 0                     # superni template: positive examples in the prompt
+    max_length: int = 512
+    packing: bool = True                    # else length-grouped padded batches
+    batch_tokens: int = 4096                # token budget per micro-batch (packing)
+    batch_size: int = 8                     # examples per micro-batch (no packing)
+    grad_accum: int = 1
+    max_steps: int = 0                      # 0: use epochs
+    epochs: float = 1.0
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    bf16: str = "auto"                      # auto | true | false
+    grad_checkpointing: bool = False
+    eval_every: int = 50
+    save_every: int = 100
+    log_every: int = 1
+    dev_limit: int = 200                    # dev examples scored at each evaluation
+    seed: int = 0
+    resume: bool = False
+    tensorboard: bool = False
+    trust_remote_code: bool = False
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.method not in ("lora", "full"):
+            problems.append(f"method must be 'lora' or 'full', got {self.method!r}")
+        if self.template not in ("alpaca", "superni", "chat"):
+            problems.append(f"template must be alpaca, superni or chat, got {self.template!r}")
+        if self.bf16 not in ("auto", "true", "false"):
+            problems.append(f"bf16 must be auto, true or false, got {self.bf16!r}")
+        for name in ("lora_r", "lora_alpha", "max_length", "batch_tokens", "batch_size", "grad_accum"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lr <= 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if self.max_steps < 0 or self.epochs <= 0:
+            problems.append("max_steps must be >= 0 and epochs > 0")
+        if self.packing and self.batch_tokens < self.max_length:
+            problems.append(f"batch_tokens ({self.batch_tokens}) must be at least max_length ({self.max_length})")
+        if not 0 <= self.k_positive <= 2:
+            problems.append(f"k_positive must be 0, 1 or 2, got {self.k_positive}")
+        if not self.data:
+            problems.append("data is required (a prepared data folder or a JSONL file)")
+        if not self.out:
+            problems.append("out is required (the run folder)")
+        return problems
+
+
+@dataclass
+class EvalConfig:
+    """`llmft eval`: which split, how many records, how to generate."""
+    split: str = "test"
+    data: str = ""                          # default: the data the run was trained on
+    max_new_tokens: int = 64
+    limit: int = 0                          # 0: every record
+    batch_size: int = 16
+    base: bool = True                       # also score the base model without the adapter
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.max_new_tokens <= 0:
+            problems.append("max_new_tokens must be positive")
+        if self.limit < 0 or self.batch_size <= 0:
+            problems.append("limit must be >= 0 and batch_size > 0")
+        return problems
+
+
+# ---------------------------------------------------------------- machinery
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML / command-line value to the annotated type, or raise naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise LlmftError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, where) for v in value]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise LlmftError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise LlmftError(f"{where}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except ValueError:
+            raise LlmftError(f"{where}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise LlmftError(f"{where}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise LlmftError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise LlmftError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls, data: dict, source: str = "config"):
+    """Build a config dataclass; unknown keys and bad types are errors that name the key and source."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise LlmftError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {k.replace("-", "_"): _coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_config(cls, path: str | Path | None = None, overrides: dict | None = None):
+    """YAML file (optional) < command-line overrides (values that are None mean 'not given')."""
+    data: dict = {}
+    if path:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise LlmftError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise LlmftError(f"{path}: expected a mapping of keys to values")
+        data.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    cfg_from_file = from_dict(cls, data, str(path) if path else "config")
+    merged = dataclasses.asdict(cfg_from_file)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            merged[k.replace("-", "_")] = v
+    cfg = from_dict(cls, merged, "command line")
+    check(cfg)
+    return cfg
+
+
+def parse_dotlist(items: list[str]) -> dict:
+    """`key=value` strings to a dict; values parsed as YAML scalars (so 3, 1e-4, true work)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise LlmftError(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v else ""
+    return out
+
+
+def check(cfg) -> None:
+    problems = cfg.validate() if hasattr(cfg, "validate") else []
+    if problems:
+        raise LlmftError(f"invalid {type(cfg).__name__}:\n  - " + "\n  - ".join(problems))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | Path) -> None:
+    from llmft.io import atomic_write
+
+    with atomic_write(path) as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False, allow_unicode=True)
+
+
+def config_reference(cls) -> str:
+    """A Markdown table of a config's keys, types and defaults (for the README)."""
+    hints = typing.get_type_hints(cls)
+    rows = ["| key | type | default |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        tp = str(hints[f.name]).replace("typing.", "")
+        rows.append(f"| `{f.name}` | `{tp}` | `{default!r}` |")
+    return "\n".join(rows)

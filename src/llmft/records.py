@@ -1,0 +1,70 @@
+"""The one record type that flows through every stage, from raw file to prompt."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FIELDS = ("id", "source", "task", "instruction", "input", "output", "references", "meta")
+SOURCES = ("alpaca", "self-instruct", "natural-instructions", "unnatural-instructions")
+
+
+@dataclass
+class Record:
+    id: str
+    source: str
+    task: str
+    instruction: str
+    input: str
+    output: str
+    references: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.references:
+            self.references = [self.output]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Record":
+        return cls(**{k: d[k] for k in FIELDS if k in d})
+
+
+def stable_id(source: str, *parts: object) -> str:
+    """An id that depends only on where the item sits in its source (file name, index), never on run order."""
+    return "/".join([source, *(str(p) for p in parts)])
+
+
+def content_hash(*texts: str) -> str:
+    return hashlib.sha1("\x1f".join(texts).encode("utf-8")).hexdigest()[:16]
+
+
+def validate_record(d: dict) -> list[str]:
+    """Every problem with a record dict, so one message can list them all."""
+    problems = []
+    for key in ("id", "source", "task", "instruction", "input", "output"):
+        if key not in d:
+            problems.append(f"missing field '{key}'")
+        elif not isinstance(d[key], str):
+            problems.append(f"field '{key}' must be a string, got {type(d[key]).__name__}")
+    refs = d.get("references", [])
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        problems.append("field 'references' must be a list of strings")
+    if not isinstance(d.get("meta", {}), dict):
+        problems.append("field 'meta' must be an object")
+    return problems
+
+
+@dataclass
+class Reject:
+    """A raw item or record that was not kept: where it came from and why. Written to rejects.jsonl."""
+    source: str
+    path: str
+    where: str          # "line 12", "index 4031", "instance task1344-abc", ...
+    reason: str         # short, countable: "empty output", "missing field 'output'", ...
+    item: Any = None    # the raw item (or record dict) as read
+
+    def to_dict(self) -> dict:
+        return asdict(self)
