@@ -35,6 +35,7 @@ class DataConfig:
     strict: bool = False
     near_dedup: bool = False                # remove MinHash near-duplicates (they are always reported)
     near_dedup_threshold: float = 0.9
+    max_chars: int = 20000                  # clean: reject records longer than this (instruction+input+output); 0 = no limit
     workers: int = 0                        # 0: one per CPU core
 
     def validate(self) -> list[str]:
@@ -49,6 +50,10 @@ class DataConfig:
             problems.append("dev_ratio + test_ratio must be below 1")
         if not 0.0 < self.near_dedup_threshold <= 1.0:
             problems.append("near_dedup_threshold must be in (0, 1]")
+        if self.max_chars < 0:
+            problems.append(f"max_chars must be >= 0 (0 = no limit), got {self.max_chars}")
+        if self.workers < 0:
+            problems.append(f"workers must be >= 0 (0 = one per CPU core), got {self.workers}")
         return problems
 
 
