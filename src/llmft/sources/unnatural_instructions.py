@@ -1,0 +1,117 @@
+"""Unnatural Instructions (orhonovich/unnatural-instructions): `core_data.jsonl` / `full_data.jsonl`, or the
+`.zip` files they ship in (read directly, member by member, without extracting).
+
+Each line: {instruction, instances: [{instruction_with_input, input, constraints, output}],
+reformulations: [{instruction, instruction_with_input, input, output}] | null}. One record per instance
+(id `unnatural-instructions/<file stem>/<line>/<j>`, constraints in meta, appended to the instruction with
+`append_constraints`), and with `reformulations` one per paraphrase too (`.../<line>/r<k>`).
+An item for `to_records` is one instance or reformulation, with its line's instruction as context.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import IO, Iterator
+
+from llmft.config import DataConfig
+from llmft.errors import InputFormatError
+from llmft.records import Record, Reject, stable_id
+from llmft.sources.base import SkipItem, TextFields, check_instruction, check_output, expand_units, iter_jsonl
+
+SOURCE = "unnatural-instructions"
+INPUT_SLOT = "{INPUT}"
+
+
+def to_records(item, *, stem: str, line: int, index: int, instruction: str | None = None,
+               reformulation: bool = False, append_constraints: bool = False) -> list[Record]:
+    """Instance `index` of line `line` (its instruction given as context), or reformulation `index`."""
+    fields = TextFields(item)
+    if reformulation:
+        instruction = fields.text("instruction")
+    elif not isinstance(instruction, str):
+        raise SkipItem("missing field 'instruction'")
+    else:
+        instruction = fields.clean("instruction", instruction)
+    input_text = fields.text("input", required=False)
+    meta: dict = {"line": line, "reformulation": reformulation}
+    if INPUT_SLOT in instruction:
+        # A paraphrase may place the input inside the instruction; instruction_with_input has it filled in.
+        instruction, input_text = fields.text("instruction_with_input"), ""
+        meta["input_inline"] = True
+    constraints = "" if reformulation else fields.text("constraints", required=False)
+    if constraints:
+        meta["constraints"] = constraints
+        if append_constraints:
+            instruction = f"{instruction}\n{constraints}"
+    output = fields.text("output")
+    check_instruction(instruction)
+    check_output(output)
+    meta.update(fields.meta())
+    rid = stable_id(SOURCE, stem, line, f"r{index}" if reformulation else index)
+    return [Record(rid, SOURCE, SOURCE, instruction, input_text, output, [output], meta)]
+
+
+def _line_records(name: str, stem: str, line: int, item, cfg: DataConfig) -> Iterator[Record | Reject]:
+    if not isinstance(item, dict):
+        yield Reject(SOURCE, name, f"line {line}", "item is not an object", item)
+        return
+    instances = item.get("instances")
+    if not isinstance(instances, list) or not instances:
+        yield Reject(SOURCE, name, f"line {line}", "field 'instances' is not a non-empty list", item)
+        return
+    candidates = [(j, inst, False) for j, inst in enumerate(instances)]
+    if cfg.reformulations:
+        candidates += [(k, ref, True) for k, ref in enumerate(item.get("reformulations") or [])]
+    for index, candidate, is_reformulation in candidates:
+        try:
+            yield from to_records(candidate, stem=stem, line=line, index=index, instruction=item.get("instruction"),
+                                  reformulation=is_reformulation, append_constraints=cfg.append_constraints)
+        except SkipItem as skip:
+            where = f"line {line} {'reformulation' if is_reformulation else 'instance'} {index}"
+            yield Reject(SOURCE, name, where, skip.reason, candidate)
+
+
+def _read_stream(stream: IO[str], name: str, stem: str, cfg: DataConfig) -> Iterator[Record | Reject]:
+    for line, item in iter_jsonl(stream, name):
+        yield from _line_records(name, stem, line, item, cfg)
+
+
+def safe_member_names(path: Path, archive: zipfile.ZipFile) -> list[str]:
+    """The .jsonl members to read; any member name that could escape a folder refuses the whole archive."""
+    names = []
+    for name in archive.namelist():
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
+            raise InputFormatError(path, f"archive member {name!r} escapes the archive (absolute or '..' path)")
+        base = parts[-1] if parts else ""
+        if base.endswith(".jsonl") and "__MACOSX" not in parts and not base.startswith("._"):
+            names.append(name)
+    if not names:
+        raise InputFormatError(path, "archive holds no .jsonl member")
+    return sorted(names)
+
+
+def _read_zip(path: Path, cfg: DataConfig) -> Iterator[Record | Reject]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise InputFormatError(path, f"not a valid zip archive ({e})") from None
+    with archive:
+        for member in safe_member_names(path, archive):
+            with archive.open(member) as raw:
+                text = io.TextIOWrapper(raw, encoding="utf-8-sig")
+                yield from _read_stream(text, f"{path}:{member}", PurePosixPath(member).stem, cfg)
+
+
+def read(path: Path, cfg: DataConfig) -> Iterator[Record | Reject]:
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        yield from _read_zip(path, cfg)
+        return
+    with open(path, encoding="utf-8-sig") as f:
+        yield from _read_stream(f, str(path), path.stem, cfg)
+
+
+def units(path: Path, cfg: DataConfig | None = None) -> list[Path]:
+    return expand_units(path, ("*.jsonl", "*.zip"))
