@@ -72,9 +72,9 @@ def _full_stop(text: str) -> str:
 
 
 def superni_definition(record: dict) -> str:
-    """The task definition: the first string of `meta.definition` when the source kept the list, else the
-    instruction (non-natural-instructions records use their instruction as the definition)."""
-    definitions = (record.get("meta") or {}).get("definition")
+    """The task definition: the first string of `meta.definitions` (natural-instructions records keep the task's
+    Definition list there), else the instruction (every other source)."""
+    definitions = (record.get("meta") or {}).get("definitions")
     if isinstance(definitions, list) and definitions and isinstance(definitions[0], str):
         return definitions[0]
     return _text(record, "instruction")
