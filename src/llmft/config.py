@@ -88,6 +88,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     eval_every: int = 50
     save_every: int = 100
+    keep_checkpoints: int = 2               # newest checkpoints kept in RUN_DIR/checkpoints (0: all)
     log_every: int = 1
     dev_limit: int = 200                    # dev examples scored at each evaluation
     seed: int = 0
@@ -106,6 +107,11 @@ class TrainConfig:
         for name in ("lora_r", "lora_alpha", "max_length", "batch_tokens", "batch_size", "grad_accum"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every", "keep_checkpoints", "dev_limit"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every <= 0:
+            problems.append(f"log_every must be positive, got {self.log_every}")
         if not 0.0 <= self.lora_dropout < 1.0:
             problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lr <= 0:
