@@ -165,3 +165,27 @@ def test_task_functions_are_pure_and_exact():
 def test_instances_must_be_positive(tmp_path, capsys):
     assert main(["data", "demo", "--out", str(tmp_path), "--instances", "0"]) == 2
     assert "--instances must be at least 1" in capsys.readouterr().err
+
+
+def test_demo_data_converts_with_zero_rejects(demo_dir):
+    from llmft.records import Reject
+    from llmft.sources import convert
+
+    inputs = {
+        "alpaca": demo_dir / "alpaca" / "alpaca_data.json",
+        "natural-instructions": demo_dir / "natural_instructions",
+        "unnatural-instructions": demo_dir / "unnatural_instructions" / "core_data.jsonl",
+    }
+    converted = {source: list(convert(source, path)) for source, path in inputs.items()}
+    rejects = [item for items in converted.values() for item in items if isinstance(item, Reject)]
+    assert rejects == []
+    assert {source: len(items) for source, items in converted.items()} == {
+        "alpaca": 8 * INSTANCES, "natural-instructions": 25 * INSTANCES, "unnatural-instructions": 7 * INSTANCES}
+    ni = converted["natural-instructions"]
+    hints = {r.task: r.meta["split_hint"] for r in ni}
+    assert sorted(t for t, h in hints.items() if h == "test") == sorted(_split(demo_dir, "test"))
+    assert sorted(t for t, h in hints.items() if h == "train") == sorted(_split(demo_dir, "train"))
+    first = next(r for r in ni if r.task == "task9001_demo_uppercase_word")
+    assert first.output == first.input.upper() and first.references == [first.output]
+    assert sum(r.input == "" for r in converted["alpaca"]) == sum(
+        r["input"] == "" for r in json.loads((inputs["alpaca"]).read_text("utf-8")))
