@@ -171,7 +171,23 @@ def test_streaming_reader_matches_json_load_with_tiny_chunks(raw_dir):
     with open(path, encoding="utf-8") as f:
         got = list(iter_json_array(f, path, chunk_chars=64))
     assert [item for _, item in got] == expected
-    assert [line for line, _ in got[:3]] == [2, 7, 12]  # each element starts 5 lines after the previous one
+    element_lines = [n for n, text in enumerate(path.read_text(encoding="utf-8").split("\n"), 1) if text == "    {"]
+    assert [line for line, _ in got] == element_lines
+    assert element_lines[:3] == [2, 7, 12]
+
+
+@pytest.mark.parametrize("chunk_chars", [64, 4096, 1 << 20])
+def test_error_deep_in_the_array_names_the_right_line(raw_dir, tmp_path, chunk_chars):
+    lines = (raw_dir / "alpaca" / "alpaca_data.json").read_text(encoding="utf-8").split("\n")
+    broken = 7500   # the "output" line of element 1499 (elements start at line 2 + 5 * index)
+    assert lines[broken - 1].startswith('        "output": ')
+    lines[broken - 1] = lines[broken - 1].replace('"output": ', '"output" ', 1)
+    path = tmp_path / "alpaca_data.json"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with open(path, encoding="utf-8") as f, pytest.raises(InputFormatError) as err:
+        list(iter_json_array(f, path, chunk_chars=chunk_chars))
+    assert err.value.line == broken
+    assert "malformed JSON (Expecting ':' delimiter)" in str(err.value)
 
 
 class _WatchedReader(io.StringIO):

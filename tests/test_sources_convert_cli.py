@@ -81,3 +81,11 @@ def test_unknown_source_is_a_usage_error(tmp_path, capsys):
         main(["data", "convert", "dolly", str(tmp_path), "--out", str(tmp_path / "x.jsonl")])
     assert err.value.code == 2
     assert "invalid choice: 'dolly'" in capsys.readouterr().err
+
+
+def test_rejects_path_must_differ_from_out(raw_dir, tmp_path, capsys):
+    out = tmp_path / "a.jsonl"
+    argv = ["data", "convert", "alpaca", str(raw_dir / "alpaca"), "--out", str(out), "--rejects", str(out)]
+    assert main(argv) == 2
+    assert "--rejects must differ from --out" in capsys.readouterr().err
+    assert not out.exists()

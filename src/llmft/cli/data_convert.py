@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import collections
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from llmft.config import DataConfig, load_config
+from llmft.errors import LlmftError
 from llmft.io import atomic_write, dumps_record, progress
 from llmft.records import Record, Reject
 from llmft.sources import SOURCES, convert
@@ -53,11 +53,12 @@ def run(args) -> int:
     cfg = load_config(DataConfig, args.config, overrides)
     out = Path(args.out)
     rejects = Path(args.rejects) if args.rejects else out.with_name(out.name.removesuffix(".jsonl") + ".rejects.jsonl")
+    if rejects.resolve() == out.resolve():
+        raise LlmftError(f"--rejects must differ from --out ({out})")
     counts = write_converted(convert(args.source, args.path, cfg), out, rejects)
     print(f"{args.source}: {args.path}")
     print(counts.summary())
     print(f"records: {out}\nrejects: {rejects}")
-    sys.stdout.flush()
     return 0
 
 

@@ -113,11 +113,17 @@ class _ArrayReader:
         self.stream, self.name, self.chunk_chars = stream, name, chunk_chars
         self.decoder = json.JSONDecoder()
         self.buf, self.pos = "", 0
-        self.line_at_buf_start = 1
+        self.counted_pos, self.counted_line = 0, 1   # the line number at buf[counted_pos], moved forward lazily
         self.eof = False
 
     def line_at(self, pos: int) -> int:
-        return self.line_at_buf_start + self.buf.count("\n", 0, pos)
+        """Line number of buf[pos]; counting only the text since the last call keeps this linear overall."""
+        if pos >= self.counted_pos:
+            self.counted_line += self.buf.count("\n", self.counted_pos, pos)
+        else:
+            self.counted_line -= self.buf.count("\n", pos, self.counted_pos)
+        self.counted_pos = pos
+        return self.counted_line
 
     def fail(self, what: str, pos: int | None = None):
         raise InputFormatError(self.name, what, line=self.line_at(self.pos if pos is None else pos))
@@ -126,7 +132,8 @@ class _ArrayReader:
         """Read more text (at least doubling what is buffered, so a huge element costs O(n)); False at EOF."""
         if self.eof:
             return False
-        self.line_at_buf_start += self.buf.count("\n", 0, self.pos)
+        self.line_at(self.pos)
+        self.counted_pos = 0
         rest = self.buf[self.pos:]
         try:
             more = self.stream.read(max(self.chunk_chars, len(rest)))
