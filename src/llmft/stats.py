@@ -41,7 +41,8 @@ def collect(data_dir: str | Path) -> dict:
     present = [s for s in SPLITS if (data_dir / f"{s}.jsonl").exists()]
     if not present:
         raise LlmftError(f"{data_dir}: no train.jsonl, dev.jsonl or test.jsonl (is it a prepared data folder?)")
-    lengths: dict[tuple[str, str], list[array]] = {}
+    lengths: dict[tuple[str, str], list[array]] = {(split, ALL): [array("l") for _ in MEASURES] for split in present}
+    lengths[(ALL, ALL)] = [array("l") for _ in MEASURES]
     for split in present:
         for record in read_jsonl(data_dir / f"{split}.jsonl"):
             for key in ((split, record["source"]), (split, ALL), (ALL, record["source"]), (ALL, ALL)):
