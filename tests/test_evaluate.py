@@ -1,0 +1,191 @@
+"""`evaluate_run` / `llmft eval` on a hand-built run: loss recomputed independently, scores from scripted
+predictions computed by hand, the files it writes, and the report table and plot."""
+import json
+import math
+import struct
+
+import pytest
+import torch
+
+import llmft.evaluate as ev
+from llmft.cli import main
+from llmft.config import EvalConfig
+from llmft.errors import InputFormatError, LlmftError
+from llmft.evaluate import evaluate_run
+from llmft.generate import GenerationOptions, generate
+from llmft.model import load_run_model
+from llmft.prompts import render
+from llmft.report import comparison_table, plot_base_vs_tuned
+from llmft.tokenize import encode
+from run_factory import RECORDS, make_run
+
+# Tuned predictions for RECORDS, scored by hand:
+#  alpaca/0  "Eat well, sleep." vs "Eat well, sleep, exercise.": eat well sleep | eat well sleep exercis -> F = 6/7
+#  alpaca/1  "paris" vs "Paris": 1, exact match 1
+#  task1344  "1": 1, exact match 1
+#  task1239  "ありがとう" (Japanese, xlingual): 5 of 6 tokens of "ありがとう。" -> F = 10/11 (vs the second
+#            reference: 2*(5/11)/(1+5/11) = 0.625, lower); exact match 0: "。" is not ASCII punctuation
+#  self-instruct "No." vs "Yes: oatmeal, yogurt or toast.": 0
+TUNED = ["Eat well, sleep.", "paris", "1", "ありがとう", "No."]
+BASE = ["", "", "", "", ""]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, smol_tokenizer):
+    return make_run(tmp_path_factory.mktemp("eval"), smol_tokenizer)
+
+
+def _scripted(monkeypatch):
+    """Replace generation by fixed predictions: the first call is the base model, the second the tuned one."""
+    answers = [BASE, TUNED]
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, options, *, template=None, desc=""):
+        calls.append({"prompts": list(prompts), "adapter_disabled": model._adapters_disabled,
+                      "max_new_tokens": options.max_new_tokens, "batch_size": options.batch_size})
+        return answers[len(calls) - 1][:len(prompts)]
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    return calls
+
+
+def _reference_loss(model, tokenizer, records, max_length=128):
+    """Token-weighted response loss from the model's own logits, one record at a time."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for record in records:
+            prompt, response = render(record, "alpaca")
+            example = encode(prompt, response, tokenizer, max_length)
+            ids = torch.tensor(example.input_ids.tolist())[None]
+            labels = torch.tensor(example.labels.tolist())[None]
+            logits = model(input_ids=ids).logits
+            total += torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100,
+                                                       reduction="sum").item()
+            tokens += int((labels[0, 1:] != -100).sum())
+    return total / tokens, tokens
+
+
+def test_eval_writes_exact_scores_and_files(run_dir, monkeypatch, capsys):
+    calls = _scripted(monkeypatch)
+    result = evaluate_run(run_dir, EvalConfig(max_new_tokens=7, batch_size=3))
+
+    # base runs with the adapter disabled, then the tuned model; both see the run's alpaca prompts
+    assert [c["adapter_disabled"] for c in calls] == [True, False]
+    assert calls[0]["prompts"] == [render(r, "alpaca")[0] for r in RECORDS] == calls[1]["prompts"]
+    assert (calls[0]["max_new_tokens"], calls[0]["batch_size"]) == (7, 3)
+
+    tuned = result["tuned"]
+    assert tuned["rougeL"] == round(100 * (6 / 7 + 1 + 1 + 10 / 11 + 0) / 5, 4) == 75.3247
+    assert tuned["exact_match"] == 40.0 and tuned["n"] == 5
+    assert tuned["per_source"] == {
+        "alpaca": {"rougeL": 92.8571, "exact_match": 50.0, "n": 2},
+        "natural-instructions": {"rougeL": 95.4545, "exact_match": 50.0, "n": 2},
+        "self-instruct": {"rougeL": 0.0, "exact_match": 0.0, "n": 1},
+    }
+    assert tuned["per_task"]["task1239_ted_translation_gl_ja"] == {"rougeL": 90.9091, "exact_match": 0.0, "n": 1}
+    assert sorted(tuned["per_task"]) == ["alpaca", "self-instruct", "task1239_ted_translation_gl_ja",
+                                         "task1344_glue_entailment_classification"]
+    assert result["base"]["rougeL"] == 0.0 and result["base"]["exact_match"] == 0.0
+
+    # loss: token-weighted over response tokens, the same as scoring each record alone
+    tuned_model, tokenizer = load_run_model(run_dir)
+    loss, tokens = _reference_loss(tuned_model, tokenizer, RECORDS)
+    assert tuned["loss_tokens"] == tokens
+    assert tuned["loss"] == pytest.approx(loss, abs=1e-5)
+    assert tuned["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
+    base_model, _ = load_run_model(run_dir, adapter=False)
+    base_loss, _ = _reference_loss(base_model, tokenizer, RECORDS)
+    assert result["base"]["loss"] == pytest.approx(base_loss, abs=1e-5)
+    assert result["base"]["loss"] != pytest.approx(tuned["loss"], abs=1e-3)   # the adapter changes the model
+
+    assert json.loads((run_dir / "eval.json").read_text(encoding="utf-8")) == result
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in RECORDS]
+    assert rows[3] == {"id": "natural-instructions/task1239/0", "source": "natural-instructions",
+                       "task": "task1239_ted_translation_gl_ja", "prediction_base": "",
+                       "prediction_tuned": "ありがとう", "references": ["ありがとう。", "ありがとうございます。"],
+                       "scores": {"base": {"rougeL": 0.0, "exact_match": 0.0},
+                                  "tuned": {"rougeL": 90.9091, "exact_match": 0.0}}}
+    assert (run_dir / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "| ROUGE-L | 0.00 | 75.32 | +75.32 |" in out and "| exact match | 0.00 | 40.00 | +40.00 |" in out
+
+
+def test_eval_greedy_predictions_are_the_generate_output(run_dir):
+    result = evaluate_run(run_dir, EvalConfig(max_new_tokens=4, batch_size=2, limit=2, base=False))
+    assert set(result) == {"tuned"} and result["tuned"]["n"] == 2
+    model, tokenizer = load_run_model(run_dir)
+    expected = generate(model, tokenizer, [render(r, "alpaca")[0] for r in RECORDS[:2]],
+                        GenerationOptions(max_new_tokens=4, batch_size=1))
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["prediction_tuned"] for r in rows] == expected
+    assert "prediction_base" not in rows[0] and set(rows[0]["scores"]) == {"tuned"}
+
+
+def test_cli_eval_options(run_dir, tmp_path, monkeypatch, capsys):
+    calls = _scripted(monkeypatch)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dev.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS[1:3]),
+                                     encoding="utf-8")
+    assert main(["eval", str(run_dir), "--data", str(other), "--split", "dev", "--limit", "1",
+                 "--max-new-tokens", "3", "--batch-size", "5"]) == 0
+    result = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    assert result["tuned"]["n"] == 1 and list(result["tuned"]["per_source"]) == ["alpaca"]
+    assert [len(c["prompts"]) for c in calls] == [1, 1] and (calls[0]["max_new_tokens"], calls[0]["batch_size"]) \
+        == (3, 5)
+    assert "### Overall" in capsys.readouterr().out
+
+
+def test_eval_errors_name_the_problem(run_dir, tmp_path, capsys):
+    assert main(["eval", str(run_dir), "--split", "nope"]) == 2
+    assert "nope.jsonl: evaluation data not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps({"id": "x", "source": "alpaca"}) + "\n",
+                   encoding="utf-8")
+    with pytest.raises(InputFormatError, match=r"bad.jsonl: record 2: missing field 'task'"):
+        evaluate_run(run_dir, EvalConfig(data=str(bad)))
+    with pytest.raises(LlmftError, match="max_new_tokens must be positive"):
+        evaluate_run(run_dir, EvalConfig(max_new_tokens=0))
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a training run folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- report
+
+EVAL = {
+    "base": {"loss": 2.5, "perplexity": 12.1825, "rougeL": 10.0, "exact_match": 0.0, "n": 3,
+             "per_source": {"alpaca": {"rougeL": 10.0, "exact_match": 0.0, "n": 3}},
+             "per_task": {"alpaca": {"rougeL": 10.0, "exact_match": 0.0, "n": 3}}},
+    "tuned": {"loss": 1.25, "perplexity": 3.4903, "rougeL": 42.5, "exact_match": 33.3333, "n": 3,
+              "per_source": {"alpaca": {"rougeL": 42.5, "exact_match": 33.3333, "n": 3}},
+              "per_task": {"alpaca": {"rougeL": 42.5, "exact_match": 33.3333, "n": 3}}},
+}
+
+
+def test_comparison_table_markdown():
+    assert comparison_table(EVAL) == (
+        "### Overall\n"
+        "| metric | base | tuned | delta |\n"
+        "|---|---:|---:|---:|\n"
+        "| loss | 2.50 | 1.25 | -1.25 |\n"
+        "| perplexity | 12.18 | 3.49 | -8.69 |\n"
+        "| ROUGE-L | 10.00 | 42.50 | +32.50 |\n"
+        "| exact match | 0.00 | 33.33 | +33.33 |\n"
+        "| records | 3 | 3 |  |\n"
+        "\n"
+        "### Per source\n"
+        "| source | n | rougeL base | rougeL tuned | exact_match base | exact_match tuned |\n"
+        "|---|---:|---:|---:|---:|---:|\n"
+        "| alpaca | 3 | 10.00 | 42.50 | 0.00 | 33.33 |\n")
+    only_tuned = comparison_table({"tuned": EVAL["tuned"]})
+    assert "| metric | tuned |\n" in only_tuned and "| ROUGE-L | 42.50 |\n" in only_tuned
+
+
+def test_plot_is_a_png_of_the_expected_size(tmp_path):
+    path = plot_base_vs_tuned(EVAL, tmp_path / "sub" / "eval.png")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (800, 450)   # figsize (8, 4.5) at 100 dpi
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["eval.png"]   # no temporary file left behind
