@@ -65,13 +65,15 @@ def causal_lm_loss_sum(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor
     """(sum of next-token cross-entropy over positions whose label is not -100, number of those positions).
 
     hidden_states [B, T, H] (the decoder's final, normed output), labels [B, T] unshifted."""
-    hidden = hidden_states[:, :-1].reshape(-1, hidden_states.shape[-1])
-    targets = labels[:, 1:].reshape(-1).to(hidden.device)
-    keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
-    n_tokens = int(keep.numel())
+    length, width = hidden_states.shape[1], hidden_states.shape[2]
+    next_labels = labels[:, 1:].to(hidden_states.device)
+    rows, cols = (next_labels != IGNORE_INDEX).nonzero(as_tuple=True)
+    n_tokens = int(rows.numel())
     if n_tokens == 0:
         return hidden_states.sum() * 0.0, 0  # keeps the graph, so backward() still works on an empty batch
-    hidden, targets = hidden.index_select(0, keep), targets.index_select(0, keep)
+    # position t predicts label t+1; gather those rows straight from the (contiguous) hidden states
+    hidden = hidden_states.reshape(-1, width).index_select(0, rows * length + cols)
+    targets = next_labels[rows, cols]
     recompute = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
     total = None
     for start in range(0, n_tokens, chunk_size):
