@@ -204,3 +204,26 @@ def test_data_format_errors_name_file_and_record(tmp_path, raw_dir):
         format_folder(tmp_path / "data", tmp_path / "fmt", "chat")
     with pytest.raises(LlmftError, match="no train.jsonl, dev.jsonl or test.jsonl"):
         format_folder(tmp_path, tmp_path / "fmt", "alpaca")
+
+
+def test_data_format_superni_and_chat_with_a_model_folder(tmp_path, raw_dir, smol_tokenizer):
+    from llmft.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    record = ni_record(raw_dir, "task1319_country_by_barcode_prefix", 0)
+    (data / "test.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    assert main(["data", "format", str(data), "--template", "superni", "--k-positive", "2",
+                 "--out", str(tmp_path / "ni")]) == 0
+    row = json.loads((tmp_path / "ni" / "test.jsonl").read_text(encoding="utf-8"))
+    assert row == {"prompt": render(record, "superni", k_positive=2)[0], "completion": "030"}
+    assert sorted(p.name for p in (tmp_path / "ni").iterdir()) == ["format.json", "test.jsonl"]
+
+    from tiny_models import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "model", smol_tokenizer)
+    assert main(["data", "format", str(data), "--template", "chat", "--model", str(model_dir),
+                 "--out", str(tmp_path / "chat")]) == 0
+    row = json.loads((tmp_path / "chat" / "test.jsonl").read_text(encoding="utf-8"))
+    assert row["prompt"].startswith("<|im_start|>system\n") and row["prompt"].endswith("\n\nUnited States drugs<|im_end|>\n<|im_start|>assistant\n")
+    assert row["completion"] == "030"
