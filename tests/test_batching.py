@@ -192,3 +192,15 @@ def test_packing_is_isolated_on_every_tiny_architecture(arch):
     model = tiny(arch, "sdpa").train()
     assert packing_is_isolated(model) and packing_is_isolated(model, attention="4d")
     assert model.training  # the check restores the mode it found
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_packing_check_in_bf16_passes_isolation_and_catches_a_leak(arch, monkeypatch):
+    import llmft.batching as batching
+
+    model = tiny(arch, "sdpa").to(torch.bfloat16)
+    assert packing_is_isolated(model)
+    plain = batching.model_inputs
+    monkeypatch.setattr(batching, "model_inputs", lambda batch, device=None: {**plain(batch, device),
+                                                                              "use_cache": True})
+    assert not packing_is_isolated(model)

@@ -151,8 +151,10 @@ class Batcher:
 
     def plan(self, epoch: int) -> list[list[int]]:
         if epoch not in self._plans:
-            self._plans = {epoch: pack_plan(self.lengths, self.batch_tokens, self.seed, epoch) if self.packing
-                           else padded_plan(self.lengths, self.batch_size, self.seed, epoch)}
+            if len(self._plans) >= 2:  # a step may straddle two epochs; older plans are never asked for again
+                self._plans.pop(min(self._plans))
+            self._plans[epoch] = (pack_plan(self.lengths, self.batch_tokens, self.seed, epoch) if self.packing
+                                  else padded_plan(self.lengths, self.batch_size, self.seed, epoch))
         return self._plans[epoch]
 
     def __len__(self) -> int:
@@ -179,14 +181,18 @@ class Batcher:
 # ---------------------------------------------------------------- a check on a real model
 
 @torch.no_grad()
-def packing_is_isolated(model, attention: str = "position_ids", atol: float = 1e-3) -> bool:
-    """True when two sequences packed in one row give the same logits as each alone (one tiny forward)."""
+def packing_is_isolated(model, attention: str = "position_ids", atol: float | None = None) -> bool:
+    """True when two sequences packed in one row give the same logits as each alone (one tiny forward).
+    The default tolerance follows the weights' dtype: half-precision kernels differ by rounding, a leak by far more."""
     vocab = model.get_input_embeddings().weight.shape[0]
     device = model.get_input_embeddings().weight.device
     gen = torch.Generator().manual_seed(0)
     parts = [torch.randint(0, vocab, (n,), generator=gen).numpy() for n in (5, 3)]
     examples = [Example(p.astype(np.int32), p.astype(np.int32), len(p) - 1, False) for p in parts]
     dtype = model.get_input_embeddings().weight.dtype
+    if atol is None:
+        atol = 1e-3 if dtype == torch.float32 else 5e-2
+    rtol = 1e-3 if dtype == torch.float32 else 1e-2
     was_training = model.training
     model.eval()  # no dropout, so the two forwards are comparable
     try:
@@ -195,4 +201,4 @@ def packing_is_isolated(model, attention: str = "position_ids", atol: float = 1e
                            .logits[0].float() for p in parts])
     finally:
         model.train(was_training)
-    return bool(torch.allclose(packed, alone, atol=atol, rtol=1e-3))
+    return bool(torch.allclose(packed, alone, atol=atol, rtol=rtol))
