@@ -36,8 +36,8 @@ def test_shingles():
 
 
 def _plan(records, threshold=0.9):
-    signer = dedup.Signer()
-    sigs = np.stack([signer.signature(r) for r in records])
+    keyer = dedup.Keyer()
+    sigs = np.stack([keyer.keys(r)[2] for r in records])
     bands, rows = dedup.lsh_params(threshold)
     return dedup.near_duplicates(sigs, dedup.band_hashes(sigs, bands, rows), np.ones(len(records), bool), threshold)
 
@@ -62,15 +62,22 @@ def test_near_duplicates_need_similar_instruction_and_io():
 
 def test_near_duplicates_skip_ineligible_records():
     records = [rec(i, "Same instruction.", "", "The very same output text of several words.") for i in range(3)]
-    signer = dedup.Signer()
-    sigs = np.stack([signer.signature(r) for r in records])
+    keyer = dedup.Keyer()
+    sigs = np.stack([keyer.keys(r)[2] for r in records])
     bands = dedup.band_hashes(sigs, *dedup.lsh_params(0.9))
     near = dedup.near_duplicates(sigs, bands, np.array([False, True, True]), 0.9)
     assert near.mask.tolist() == [False, False, True]
     assert near.kept.tolist() == [1]
 
 
-def test_signer_is_deterministic_across_instances():
-    r = rec(0, "Give three tips.", "about sleep", "Sleep eight hours. Keep a schedule. Avoid screens.")
-    assert np.array_equal(dedup.Signer().signature(r), dedup.Signer().signature(r))
-    assert dedup.Signer().signature(r).dtype == np.uint32 and dedup.Signer().signature(r).shape == (2 * dedup.NUM_PERM,)
+def test_keyer_matches_key_functions_and_is_deterministic():
+    records = [rec(0, "Give three tips.", "about sleep", "Sleep eight hours. Keep a schedule. Avoid screens."),
+               rec(1, "Give three tips.", "About  Sleep!", "sleep eight hours. keep a schedule. avoid screens"),
+               rec(2, "Name a color.", "", "Red")]
+    keyer = dedup.Keyer()
+    keys = [keyer.keys(r) for r in records]
+    assert [k[0] for k in keys] == [dedup.exact_key(r) for r in records]
+    assert [k[1] for k in keys] == [dedup.contamination_key(r) for r in records]
+    assert keys[0][0] == keys[1][0] and np.array_equal(keys[0][2], keys[1][2])
+    fresh = dedup.Keyer().keys(records[2])[2]
+    assert np.array_equal(fresh, keys[2][2]) and fresh.dtype == np.uint32 and fresh.shape == (2 * dedup.NUM_PERM,)

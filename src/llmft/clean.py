@@ -20,6 +20,9 @@ _ODD_SPACES = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 _ZERO_WIDTH = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
 _TRAILING_SPACES = re.compile(r"[ \t]+\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
+# Anything the rules below would change inside a text; most texts have none, and one search is cheaper than six.
+_NEEDS_WORK = re.compile(r"[\r\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00a0\u2000-\u200d\u202f\u205f\u2060\u3000\ufeff]"
+                         r"|[ \t]\n|\n\n\n")
 
 REASON_EMPTY_INSTRUCTION = "empty instruction"
 REASON_EMPTY_OUTPUT = "empty output"
@@ -33,6 +36,8 @@ def normalize_text(text: str) -> str:
     """Line ends to \\n, control and zero-width characters removed, odd spaces to plain spaces, no trailing
     spaces on lines, at most one blank line in a row, no surrounding whitespace. Inner spacing (code
     indentation, tables) is otherwise kept."""
+    if not _NEEDS_WORK.search(text):
+        return text.strip()
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL_CHARS.sub("", text)
     text = _ZERO_WIDTH.sub("", text)

@@ -26,7 +26,7 @@ from llmft.config import DataConfig, to_dict
 from llmft.errors import LlmftError
 from llmft.io import atomic_dir, dumps_record, progress, sha256_file
 from llmft.records import SOURCES as SOURCE_ORDER
-from llmft.records import Record, Reject
+from llmft.records import FIELDS, Record, Reject
 
 FORMAT = "llmft.prepared-data/1"
 STAGES = ("convert", "clean", "dedup", "split", "decontaminate")
@@ -92,8 +92,14 @@ def shard(work: Path, index: int, kind: str) -> Path:
     return work / f"{index:06d}.{kind}"
 
 
+def record_dict(record: Record) -> dict:
+    """The record's fields in FIELDS order, without the deep copy of dataclasses.asdict (only dumped)."""
+    return {name: getattr(record, name) for name in FIELDS}
+
+
 def reject_row(stage: str, reject: Reject) -> dict:
-    return {"stage": stage, **reject.to_dict()}
+    return {"stage": stage, "source": reject.source, "path": reject.path, "where": reject.where,
+            "reason": reject.reason, "item": record_dict(reject.item) if isinstance(reject.item, Record) else reject.item}
 
 
 def check_strict(cfg: DataConfig, stage: str, reject: Reject) -> None:
@@ -112,7 +118,7 @@ class _UnitWriter:
         self.exact, self.contamination = array("Q"), array("Q")
         self.task, self.hint, self.official = array("i"), array("b"), array("b")
         self.task_codes: dict[str, int] = {}
-        self.signer = dedup.Signer()
+        self.keyer = dedup.Keyer()
 
     def reject(self, stage: str, reject: Reject) -> None:
         check_strict(self.cfg, stage, reject)
@@ -121,24 +127,27 @@ class _UnitWriter:
 
     def record(self, record: Record) -> None:
         self.result.converted += 1
-        self.files["all"].write(dumps_record(record.to_dict()) + "\n")
+        self.files["all"].write(dumps_record(record_dict(record)) + "\n")
         cleaned, reason = clean(record, self.cfg)
         if cleaned is None:
-            self.reject("clean", Reject(record.source, self.unit.path, f"record {record.id}", reason, record.to_dict()))
+            self.reject("clean", Reject(record.source, self.unit.path, f"record {record.id}", reason, record))
             return
         self.result.cleaned += 1
-        self.files["clean"].write(dumps_record(cleaned.to_dict()) + "\n")
-        self.exact.append(dedup.exact_key(cleaned))
-        self.contamination.append(dedup.contamination_key(cleaned))
+        self.files["clean"].write(dumps_record(record_dict(cleaned)) + "\n")
+        exact, contamination, signature = self.keyer.keys(cleaned)
+        self.exact.append(exact)
+        self.contamination.append(contamination)
         self.task.append(self.task_codes.setdefault(cleaned.task, len(self.task_codes)))
         self.hint.append(splits.hint_code(cleaned.meta.get("split_hint")))
         self.official.append(bool(cleaned.meta.get("official_eval", False)))
-        self.files["sig"].write(self.signer.signature(cleaned).tobytes())
+        self.files["sig"].write(signature.tobytes())
 
     def close(self, work: Path) -> None:
         for f in self.files.values():
             f.close()
         np.savez(shard(work, self.unit.index, "keys.npz"),
+                 bands=dedup.band_hashes(read_signatures(shard(work, self.unit.index, "sig"), self.result.cleaned),
+                                         *dedup.lsh_params(self.cfg.near_dedup_threshold)),
                  exact=np.frombuffer(self.exact, dtype=np.uint64),
                  contamination=np.frombuffer(self.contamination, dtype=np.uint64),
                  task=np.frombuffer(self.task, dtype=np.int32), hint=np.frombuffer(self.hint, dtype=np.int8),
@@ -220,13 +229,15 @@ class Columns:
     official: np.ndarray
     exact: np.ndarray
     contamination: np.ndarray
+    bands: np.ndarray            # (n, LSH bands) of the near-duplicate signatures
     task_names: list[str]
     task_source: list[str]
 
 
 def load_columns(units: list[Unit], results: list[UnitResult], work: Path, source_names: list[str]) -> Columns:
     task_index: dict[tuple[str, str], int] = {}
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("exact", "contamination", "task", "hint", "official")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("exact", "contamination", "task", "hint", "official",
+                                                          "bands")}
     for unit, result in zip(units, results):
         remap = np.array([task_index.setdefault((unit.source, t), len(task_index)) for t in result.tasks] or [0],
                          dtype=np.int32)
@@ -240,7 +251,7 @@ def load_columns(units: list[Unit], results: list[UnitResult], work: Path, sourc
         source=np.repeat(np.array([source_names.index(u.source) for u in units], dtype=np.int8), counts),
         task=_concat(parts["task"], np.int32), hint=_concat(parts["hint"], np.int8),
         official=_concat(parts["official"], bool), exact=_concat(parts["exact"], np.uint64),
-        contamination=_concat(parts["contamination"], np.uint64),
+        contamination=_concat(parts["contamination"], np.uint64), bands=_concat(parts["bands"], np.uint64),
         task_names=[t for (_, t), _ in ordered_tasks], task_source=[s for (s, _), _ in ordered_tasks])
 
 
@@ -255,6 +266,10 @@ def join_signatures(units: list[Unit], work: Path, n: int) -> np.ndarray:
             with open(shard(work, unit.index, "sig"), "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 20)
             os.unlink(shard(work, unit.index, "sig"))
+    return read_signatures(path, n)
+
+
+def read_signatures(path: Path, n: int) -> np.ndarray:
     if n == 0:
         return np.empty((0, 2 * dedup.NUM_PERM), dtype=np.uint32)
     return np.memmap(path, dtype=np.uint32, mode="r", shape=(n, 2 * dedup.NUM_PERM))
@@ -279,9 +294,7 @@ def plan(cols: Columns, signatures: np.ndarray, source_names: list[str], cfg: Da
 
     exact_dup = dedup.exact_duplicates(cols.exact)
     decision[exact_dup] = code[("dedup", EXACT_DUPLICATE)]
-    bands, rows = dedup.lsh_params(cfg.near_dedup_threshold)
-    near = dedup.near_duplicates(signatures, dedup.band_hashes(signatures, bands, rows), ~exact_dup,
-                                 cfg.near_dedup_threshold)
+    near = dedup.near_duplicates(signatures, cols.bands, ~exact_dup, cfg.near_dedup_threshold)
     if cfg.near_dedup:
         decision[near.mask] = code[("dedup", NEAR_DUPLICATE)]
 
