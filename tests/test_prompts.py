@@ -225,5 +225,6 @@ def test_data_format_superni_and_chat_with_a_model_folder(tmp_path, raw_dir, smo
     assert main(["data", "format", str(data), "--template", "chat", "--model", str(model_dir),
                  "--out", str(tmp_path / "chat")]) == 0
     row = json.loads((tmp_path / "chat" / "test.jsonl").read_text(encoding="utf-8"))
-    assert row["prompt"].startswith("<|im_start|>system\n") and row["prompt"].endswith("\n\nUnited States drugs<|im_end|>\n<|im_start|>assistant\n")
+    assert row["prompt"].startswith("<|im_start|>system\n")
+    assert row["prompt"].endswith("\n\nUnited States drugs<|im_end|>\n<|im_start|>assistant\n")
     assert row["completion"] == "030"
