@@ -66,6 +66,9 @@ def test_needs_xlingual_from_declared_language_or_script():
     assert needs_xlingual({"meta": {"languages": {"input": ["Galician"], "output": ["Japanese"]}}, "references": ["x"]})
     assert not needs_xlingual({"meta": {"languages": {"output": ["English"]}}, "references": ["猫"]})
     assert needs_xlingual({"meta": {"output_language": "Romanian"}, "references": ["x"]})
+    # the natural-instructions source stores the task's Output_language list
+    assert needs_xlingual({"meta": {"output_language": ["Japanese"]}, "references": ["x"]})
+    assert not needs_xlingual({"meta": {"output_language": ["English"]}, "references": ["x"]})
     assert needs_xlingual({"meta": {}, "references": ["猫です"]})
     assert not needs_xlingual({"meta": {}, "references": ["café au lait"]})
 

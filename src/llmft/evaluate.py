@@ -10,7 +10,7 @@ import torch
 from llmft import io
 from llmft.config import EvalConfig, check
 from llmft.errors import InputFormatError, LlmftError
-from llmft.generate import GenerationOptions, generate
+from llmft.generate import GenerationOptions, generate, to_inference_device
 from llmft.metrics import aggregate, aggregate_by, score_prediction
 from llmft.records import validate_record
 from llmft.tokenize import IGNORE_INDEX
@@ -151,6 +151,7 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     run_dir = Path(run_dir)
     model, tokenizer = load_run_model(run_dir, adapter=True)
     info = model.llmft_template
+    model = to_inference_device(model)
     records = load_eval_records(eval_data_path(run_dir, cfg), cfg.limit)
     rendered = [render(r, info["template"], tokenizer=tokenizer, k_positive=info.get("k_positive", 0))
                 for r in records]

@@ -94,6 +94,13 @@ def _cut_at_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
     return tokens
 
 
+def to_inference_device(model):
+    """Put a freshly loaded model on the GPU when there is one (loading leaves it on the CPU)."""
+    if torch.cuda.is_available() and _model_device(model).type == "cpu":
+        model = model.to("cuda")
+    return model
+
+
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 

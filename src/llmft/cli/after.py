@@ -92,7 +92,7 @@ def _register_generate(sub) -> None:
 
 def _generate(args) -> int:
     from llmft import io
-    from llmft.generate import as_record, generate, run_prompts
+    from llmft.generate import as_record, generate, run_prompts, to_inference_device
     from llmft.model import load_run_model
 
     if args.input and not args.instruction:
@@ -100,6 +100,7 @@ def _generate(args) -> int:
     options = _options(args)
     model, tokenizer = load_run_model(_run_dir(args.run_dir), adapter=not args.no_adapter)
     info = _template_info(model, args.run_dir)
+    model = to_inference_device(model)
     if args.instruction is not None:
         records = [as_record({"instruction": args.instruction, "input": args.input})]
     else:
@@ -139,14 +140,14 @@ def _register_chat(sub) -> None:
 
 
 def _chat(args) -> int:
-    from llmft.generate import chat_loop
+    from llmft.generate import chat_loop, to_inference_device
     from llmft.model import load_run_model
 
     options = _options(args)
     model, tokenizer = load_run_model(_run_dir(args.run_dir))
-    prompt_shown = sys.stdin.isatty()
-    read = input if prompt_shown else (lambda _prompt: _read_line())
-    chat_loop(model, tokenizer, _template_info(model, args.run_dir), options, read=read)
+    info = _template_info(model, args.run_dir)
+    read = input if sys.stdin.isatty() else (lambda _prompt: _read_line())
+    chat_loop(to_inference_device(model), tokenizer, info, options, read=read)
     return 0
 
 
