@@ -215,3 +215,19 @@ def test_cli_chat_reads_stdin_with_the_run_template(monkeypatch, run_dir, capsys
                                     for q in ("What is 2+2?", "And 3+3?")]   # alpaca: one turn per prompt
     assert all(s[1] == "alpaca" and s[2] is True for s in seen)
     assert capsys.readouterr().out == f"{gen.CHAT_HELP}\nreply 1\nreply 2\n"
+
+
+@pytest.mark.slow
+def test_embedded_model_answers_and_stops_at_eos():
+    from llmft.model import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    model = load_model("smollm2-135m")
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                             add_generation_prompt=True)
+               for q in ("What is the capital of France?", "Say hello.")]
+    tokens = generate_tokens(model, tokenizer, prompts, GenerationOptions(max_new_tokens=48), template="chat")
+    texts = [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+    assert "Paris" in texts[0]
+    assert all(len(t) < 48 for t in tokens)            # both answers ended at <|im_end|> before the limit
+    assert all(2 not in t for t in tokens)             # the stop token itself is stripped
