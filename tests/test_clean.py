@@ -43,3 +43,10 @@ def test_clean_returns_normalised_record():
     kept, reason = clean(rec(instruction="Say\u00a0hi. ", output=" Hi!\r\n"), DataConfig())
     assert reason is None
     assert (kept.instruction, kept.output, kept.references) == ("Say hi.", "Hi!", ["Hi!"])
+
+
+def test_unchanged_record_is_returned_as_is():
+    r = rec(instruction="Say hi.", output="Hi!")
+    assert normalize_whitespace(r) is r
+    changed = rec(output="Hi! ")
+    assert normalize_whitespace(changed) is not changed and changed.output == "Hi! "

@@ -48,11 +48,14 @@ def normalize_text(text: str) -> str:
 
 
 def normalize_whitespace(record: Record) -> Record:
-    references = [normalize_text(r) for r in record.references]
-    output = normalize_text(record.output)
-    references = [r for r in references if r] or ([output] if output else [])
-    return dataclasses.replace(record, instruction=normalize_text(record.instruction),
-                               input=normalize_text(record.input), output=output, references=references)
+    """The record with every text normalised; the very same object when nothing changed (the usual case, which
+    lets the caller reuse what it already serialised)."""
+    instruction, input_text, output = (normalize_text(t) for t in (record.instruction, record.input, record.output))
+    references = [r for r in map(normalize_text, record.references) if r] or ([output] if output else [])
+    if (instruction, input_text, output, references) == (record.instruction, record.input, record.output,
+                                                         record.references):
+        return record
+    return dataclasses.replace(record, instruction=instruction, input=input_text, output=output, references=references)
 
 
 def empty_instruction(record: Record, cfg: DataConfig) -> tuple[bool, str | None]:

@@ -111,10 +111,10 @@ class _UnitWriter:
     """The shard files of one unit: converted records, cleaned records, rejects, keys and signatures."""
 
     def __init__(self, work: Path, unit: Unit, cfg: DataConfig, result: UnitResult):
-        self.unit, self.cfg, self.result = unit, cfg, result
-        self.files = {kind: open(shard(work, unit.index, kind), "w" if kind != "sig" else "wb", **(
-            {"encoding": "utf-8", "newline": "\n"} if kind != "sig" else {}))
-            for kind in ("all", "clean", "rejects", "sig")}
+        self.work, self.unit, self.cfg, self.result = work, unit, cfg, result
+        self.files = {kind: open(shard(work, unit.index, kind), "w", encoding="utf-8", newline="\n")
+                      for kind in ("all", "clean", "rejects")}
+        self.files["sig"] = open(shard(work, unit.index, "sig"), "wb")
         self.exact, self.contamination = array("Q"), array("Q")
         self.task, self.hint, self.official = array("i"), array("b"), array("b")
         self.task_codes: dict[str, int] = {}
@@ -127,13 +127,14 @@ class _UnitWriter:
 
     def record(self, record: Record) -> None:
         self.result.converted += 1
-        self.files["all"].write(dumps_record(record_dict(record)) + "\n")
+        line = dumps_record(record_dict(record)) + "\n"
+        self.files["all"].write(line)
         cleaned, reason = clean(record, self.cfg)
         if cleaned is None:
             self.reject("clean", Reject(record.source, self.unit.path, f"record {record.id}", reason, record))
             return
         self.result.cleaned += 1
-        self.files["clean"].write(dumps_record(record_dict(cleaned)) + "\n")
+        self.files["clean"].write(line if cleaned is record else dumps_record(record_dict(cleaned)) + "\n")
         exact, contamination, signature = self.keyer.keys(cleaned)
         self.exact.append(exact)
         self.contamination.append(contamination)
@@ -142,12 +143,14 @@ class _UnitWriter:
         self.official.append(bool(cleaned.meta.get("official_eval", False)))
         self.files["sig"].write(signature.tobytes())
 
-    def close(self, work: Path) -> None:
+    def close(self) -> None:
         for f in self.files.values():
             f.close()
-        np.savez(shard(work, self.unit.index, "keys.npz"),
-                 bands=dedup.band_hashes(read_signatures(shard(work, self.unit.index, "sig"), self.result.cleaned),
-                                         *dedup.lsh_params(self.cfg.near_dedup_threshold)),
+
+    def save_keys(self) -> None:
+        signatures = read_signatures(shard(self.work, self.unit.index, "sig"), self.result.cleaned)
+        np.savez(shard(self.work, self.unit.index, "keys.npz"),
+                 bands=dedup.band_hashes(signatures, *dedup.lsh_params(self.cfg.near_dedup_threshold)),
                  exact=np.frombuffer(self.exact, dtype=np.uint64),
                  contamination=np.frombuffer(self.contamination, dtype=np.uint64),
                  task=np.frombuffer(self.task, dtype=np.int32), hint=np.frombuffer(self.hint, dtype=np.int8),
@@ -168,7 +171,8 @@ def process_unit(unit: Unit, cfg: DataConfig, work: Path) -> UnitResult:
                 else:
                     writer.record(item)
         finally:
-            writer.close(work)
+            writer.close()
+        writer.save_keys()
         return result
     except LlmftError as e:
         raise LlmftError(str(e)) from None
@@ -222,7 +226,6 @@ def _convert_in_pool(units, cfg, work, workers, bar) -> list[UnitResult]:
 @dataclass
 class Columns:
     """One entry per cleaned record, in output order."""
-    unit: np.ndarray
     source: np.ndarray
     task: np.ndarray
     hint: np.ndarray
@@ -247,7 +250,6 @@ def load_columns(units: list[Unit], results: list[UnitResult], work: Path, sourc
     counts = [r.cleaned for r in results]
     ordered_tasks = sorted(task_index.items(), key=lambda kv: kv[1])
     return Columns(
-        unit=np.repeat(np.arange(len(units), dtype=np.int32), counts),
         source=np.repeat(np.array([source_names.index(u.source) for u in units], dtype=np.int8), counts),
         task=_concat(parts["task"], np.int32), hint=_concat(parts["hint"], np.int8),
         official=_concat(parts["official"], bool), exact=_concat(parts["exact"], np.uint64),
@@ -286,11 +288,11 @@ class Plan:
 
 
 def plan(cols: Columns, signatures: np.ndarray, source_names: list[str], cfg: DataConfig) -> Plan:
-    reasons = [("dedup", EXACT_DUPLICATE), ("dedup", NEAR_DUPLICATE), ("split", splits.POLICY_REASONS[3]),
-               ("split", splits.POLICY_REASONS[4]), ("decontaminate", splits.CONTAMINATES_TRAIN)]
+    reasons = [("dedup", EXACT_DUPLICATE), ("dedup", NEAR_DUPLICATE),
+               *(("split", reason) for reason in splits.POLICY_REASONS.values()),
+               ("decontaminate", splits.CONTAMINATES_TRAIN)]
     code = {r: len(splits.SPLITS) + i for i, r in enumerate(reasons)}
-    n = len(cols.exact)
-    decision = np.full(n, -1, dtype=np.int16)
+    decision = np.full(len(cols.exact), -1, dtype=np.int16)
 
     exact_dup = dedup.exact_duplicates(cols.exact)
     decision[exact_dup] = code[("dedup", EXACT_DUPLICATE)]
@@ -344,24 +346,25 @@ def join_all(units: list[Unit], work: Path, out: Path) -> dict:
     return target.close()
 
 
-def write_splits(units: list[Unit], work: Path, out: Path, cols: Columns, the_plan: Plan,
-                 near_example_ids: dict[int, str]) -> dict:
-    """One pass over the cleaned records: each line goes to its split file or, wrapped, to rejects.jsonl."""
+def write_splits(units: list[Unit], work: Path, out: Path, the_plan: Plan, wanted: dict[int, dict]) -> dict:
+    """One pass over the cleaned records: each line goes to its split file or, wrapped, to rejects.jsonl.
+    The records whose index is a key of `wanted` are parsed into it (near-duplicate examples)."""
     files = {name: _HashedFile(out / f"{name}.jsonl") for name in splits.SPLITS}
     rejects = open(out / "rejects.jsonl", "ab")
+    decisions = the_plan.decision.tolist()
     i = 0
     bar = progress(total=len(the_plan.decision), desc="write", unit="rec")
     try:
         for unit in units:
             with open(shard(work, unit.index, "clean"), "rb") as f:
                 for line in f:
-                    d = int(the_plan.decision[i])
+                    d = decisions[i]
                     if d < len(splits.SPLITS):
                         files[splits.SPLITS[d]].write_line(line)
                     else:
                         _write_reject(rejects, unit, line, the_plan.reasons[d - len(splits.SPLITS)])
-                    if i in near_example_ids:
-                        near_example_ids[i] = json.loads(line)
+                    if i in wanted:
+                        wanted[i] = json.loads(line)
                     i += 1
                     if i % _PROGRESS_EVERY == 0:
                         bar.update(_PROGRESS_EVERY)
@@ -532,7 +535,7 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
         del signatures
         examples = {int(i): {} for pair in zip(the_plan.near.duplicate[:NEAR_DUP_EXAMPLES],
                                                the_plan.near.kept[:NEAR_DUP_EXAMPLES]) for i in pair}
-        outputs.update(write_splits(units, work, tmp, cols, the_plan, examples))
+        outputs.update(write_splits(units, work, tmp, the_plan, examples))
         outputs["rejects.jsonl"] = {"records": _count_lines(tmp / "rejects.jsonl"),
                                     "sha256": sha256_file(tmp / "rejects.jsonl")}
         manifest = build_manifest(cfg, units, results, cols, the_plan, source_names, outputs, examples)
