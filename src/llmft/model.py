@@ -108,10 +108,12 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 # ---------------------------------------------------------------- loading
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
-    """The model's tokenizer; a missing pad token becomes EOS (padding is masked out of attention and loss)."""
+    """The tokenizer of a model (or of a saved tokenizer folder); a missing pad token becomes EOS (padding is masked out of attention and loss)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    folder = Path(name).expanduser()
+    source = str(folder) if folder.is_dir() and not (folder / "config.json").exists() else resolve_model(name)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
