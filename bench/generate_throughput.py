@@ -71,8 +71,8 @@ def main() -> None:
     prompts = alpaca_prompts(args.prompts, args.alpaca)
     machine = (torch.cuda.get_device_name() if device == "cuda"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
-    print(json.dumps({"model": args.model, "random_init": args.random_init, "device": device, "machine": machine, "dtype": dtype,
-                      "max_new_tokens": args.max_new_tokens, "torch": torch.__version__}))
+    print(json.dumps({"model": args.model, "random_init": args.random_init, "device": device, "machine": machine,
+                      "dtype": dtype, "max_new_tokens": args.max_new_tokens, "torch": torch.__version__}))
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         print(json.dumps(measure(model, tokenizer, prompts, batch_size, args.max_new_tokens)), flush=True)
 
