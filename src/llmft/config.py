@@ -148,6 +148,18 @@ class EvalConfig:
         return problems
 
 
+@dataclass
+class RunConfig:
+    """`llmft run`: the run-level keys of a recipe (its data/train/eval sections are the configs above)."""
+    demo_instances: int = 60                # instances per demo task type (used when no real dataset is given)
+    demo_seed: int = 0
+
+    def validate(self) -> list[str]:
+        if self.demo_instances < 1:
+            return [f"demo_instances must be at least 1, got {self.demo_instances}"]
+        return []
+
+
 # ---------------------------------------------------------------- machinery
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
