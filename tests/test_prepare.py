@@ -143,6 +143,15 @@ def test_strict_mode_names_file_place_and_reason(tmp_path):
     assert manifest["rejects"]["by_stage"]["clean"] == {"overlong record": 1}
 
 
+def test_strict_mode_skips_reasons_a_source_declares_as_policy(tmp_path, monkeypatch):
+    from llmft.sources import alpaca as alpaca_source
+
+    alpaca = write_alpaca(tmp_path / "a.json", [("Say hi.", "", "hi"), ("Say bye.", "", "")])
+    monkeypatch.setattr(alpaca_source, "POLICY_REASONS", {"empty output"}, raising=False)
+    manifest = prepare(DataConfig(alpaca=[str(alpaca)], strict=True, workers=1), tmp_path / "out")
+    assert manifest["rejects"]["by_stage"]["convert"] == {"empty output": 1}
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_corrupt_input_file_is_named_and_nothing_written(tmp_path, workers):
     good = write_alpaca(tmp_path / "good.json", [("Say hi.", "", "hi")])

@@ -102,8 +102,10 @@ def reject_row(stage: str, reject: Reject) -> dict:
             "reason": reject.reason, "item": record_dict(reject.item) if isinstance(reject.item, Record) else reject.item}
 
 
-def check_strict(cfg: DataConfig, stage: str, reject: Reject) -> None:
-    if cfg.strict and stage in STRICT_STAGES:
+def check_strict(cfg: DataConfig, stage: str, reject: Reject, policy_reasons=frozenset()) -> None:
+    """--strict: a reject at a STRICT_STAGE is an error, except the reasons a source module declares as its
+    selection policy (`POLICY_REASONS`, e.g. a language that was not selected), which are choices, not problems."""
+    if cfg.strict and stage in STRICT_STAGES and reject.reason not in policy_reasons:
         raise LlmftError(f"{reject.path}: {reject.where}: {reject.reason} (--strict turns every reject into an error)")
 
 
@@ -119,9 +121,10 @@ class _UnitWriter:
         self.task, self.hint, self.official = array("i"), array("b"), array("b")
         self.task_codes: dict[str, int] = {}
         self.keyer = dedup.Keyer()
+        self.policy_reasons = frozenset(getattr(source_module(unit.source), "POLICY_REASONS", ()))
 
     def reject(self, stage: str, reject: Reject) -> None:
-        check_strict(self.cfg, stage, reject)
+        check_strict(self.cfg, stage, reject, self.policy_reasons if stage == "convert" else frozenset())
         self.result.rejects[(stage, reject.reason)] += 1
         self.files["rejects"].write(dumps_record(reject_row(stage, reject)) + "\n")
 

@@ -27,7 +27,8 @@ def register(sub) -> None:
     parser.add_argument("--test-ratio", type=float, help="share of test records (not natural-instructions tasks)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--strict", action="store_true", default=None,
-                        help="fail on the first conversion or cleaning reject, naming file, place and reason")
+                        help="fail on the first conversion or cleaning reject, naming file, place and reason "
+                        "(not on dedup, split or decontamination, nor on a source's declared policy reasons)")
     parser.add_argument("--near-dedup", action="store_true", default=None,
                         help="remove MinHash near-duplicates (they are always counted in the manifest)")
     parser.add_argument("--near-dedup-threshold", type=float, help="Jaccard threshold (default 0.9)")
