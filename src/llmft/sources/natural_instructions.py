@@ -24,6 +24,9 @@ from llmft.io import load_json
 from llmft.records import Record, Reject, stable_id
 from llmft.sources.base import SkipItem, TextFields, check_output, clean_text, expand_units
 
+# Rejects that follow from a selection the user made, not from bad input: `--strict` does not fail on them.
+POLICY_REASONS = frozenset({"language not selected", "over max_instances_per_task"})
+
 SOURCE = "natural-instructions"
 LANGUAGE_FIELDS = ("Instruction_language", "Input_language", "Output_language")
 SPLIT_FILES = (("train", "train_tasks.txt"), ("test", "test_tasks.txt"), ("excluded", "excluded_tasks.txt"))
