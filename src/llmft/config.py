@@ -153,11 +153,15 @@ class RunConfig:
     """`llmft run`: the run-level keys of a recipe (its data/train/eval sections are the configs above)."""
     demo_instances: int = 60                # instances per demo task type (used when no real dataset is given)
     demo_seed: int = 0
+    budget_minutes: float = 0.0             # > 0: fit train.max_steps to this wall time from measured throughput
 
     def validate(self) -> list[str]:
+        problems = []
         if self.demo_instances < 1:
-            return [f"demo_instances must be at least 1, got {self.demo_instances}"]
-        return []
+            problems.append(f"demo_instances must be at least 1, got {self.demo_instances}")
+        if self.budget_minutes < 0:
+            problems.append(f"budget_minutes must be >= 0 (0: no budget), got {self.budget_minutes}")
+        return problems
 
 
 # ---------------------------------------------------------------- machinery
