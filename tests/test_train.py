@@ -272,7 +272,26 @@ def test_prompt_completion_file_trains(tmp_path, llama_base):
 def test_lora_on_the_embedded_model_lowers_dev_loss(tmp_path, raw_dir):
     rows = json.loads((raw_dir / "alpaca" / "alpaca_data.json").read_text())[:400]
     data = write_jsonl(tmp_path / "alpaca.jsonl", rows)
-    summary = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), max_steps=30, batch_tokens=1024,
+    summary = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), max_steps=30, batch_tokens=512,
                                 max_length=256, lr=1e-3, eval_every=15, save_every=0, dev_limit=20, seed=0))
     assert summary["steps"] == 30
     assert summary["final_dev_loss"] < summary["initial_dev_loss"] - 0.05
+
+
+def test_split_rows_fills_consecutive_rows_up_to_the_cap():
+    from llmft.train import split_rows
+
+    lengths = {0: 300, 1: 200, 2: 100, 3: 400, 4: 512, 5: 12}
+    assert split_rows([0, 1, 2, 3, 4, 5], lengths, 512) == [[0, 1], [2, 3], [4], [5]]
+    assert split_rows([4, 5], lengths, 4096) == [[4, 5]]
+
+
+def test_rows_of_a_packed_micro_batch_give_the_loss_of_one_long_row(tmp_path, data_dir, llama_base):
+    kw = dict(max_steps=3, batch_tokens=256, max_length=64, eval_every=3)
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    train(make_cfg(data_dir, split, llama_base, **kw))                      # rows of <= 64 tokens
+    train(make_cfg(data_dir, whole, llama_base, row_tokens=256, **kw))      # one row per micro-batch
+    for a, b in zip(metrics(split), metrics(whole)):
+        assert a.get("trainable_tokens") == b.get("trainable_tokens")
+        key = "loss" if "loss" in a else "dev_loss"
+        assert a[key] == pytest.approx(b[key], abs=1e-5)

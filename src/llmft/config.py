@@ -76,6 +76,7 @@ class TrainConfig:
     max_length: int = 512
     packing: bool = True                    # else length-grouped padded batches
     batch_tokens: int = 4096                # token budget per micro-batch (packing)
+    row_tokens: int = 0                     # packing: run a micro-batch as rows of at most this (0: max_length)
     batch_size: int = 8                     # examples per micro-batch (no packing)
     grad_accum: int = 1
     max_steps: int = 0                      # 0: use epochs
@@ -118,6 +119,8 @@ class TrainConfig:
             problems.append(f"lr must be positive, got {self.lr}")
         if self.max_steps < 0 or self.epochs <= 0:
             problems.append("max_steps must be >= 0 and epochs > 0")
+        if self.row_tokens and self.row_tokens < self.max_length:
+            problems.append(f"row_tokens ({self.row_tokens}) must be 0 or at least max_length ({self.max_length})")
         if self.packing and self.batch_tokens < self.max_length:
             problems.append(f"batch_tokens ({self.batch_tokens}) must be at least max_length ({self.max_length})")
         if not 0 <= self.k_positive <= 2:

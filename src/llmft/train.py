@@ -198,6 +198,20 @@ def make_plan(cfg: TrainConfig, batcher: Batcher, world_size: int) -> Plan:
     return Plan(per_step, per_epoch, total)
 
 
+def split_rows(indices: list[int], lengths, row_tokens: int) -> list[list[int]]:
+    """A packed micro-batch as consecutive rows of at most `row_tokens` tokens. Attention over a packed row costs
+    the square of its length (the block-diagonal mask is applied, not skipped), so 4,096 tokens as rows of 512
+    instead of one row cut a SmolLM2-135M step on CPU by ~2.5x; the loss and gradients are the same sums."""
+    rows, row, used = [], [], 0
+    for i in indices:
+        if row and used + int(lengths[i]) > row_tokens:
+            rows.append(row)
+            row, used = [], 0
+        row.append(i)
+        used += int(lengths[i])
+    return rows + [row] if row else rows
+
+
 def step_micro_batches(batcher: Batcher, plan: Plan, step: int) -> list[list[int]]:
     """The example indices of every micro-batch of optimizer step `step` (0-based), across all ranks."""
     out = []
@@ -387,6 +401,11 @@ class Trainer:
             return model_loss_sum(self.model, model_inputs(batch, self.device), batch["labels"],
                                   chunked=self.chunked)
 
+    def rows(self, batcher: Batcher, indices: list[int]) -> list[list[int]]:
+        if not self.cfg.packing:
+            return [indices]
+        return split_rows(indices, batcher.lengths, self.cfg.row_tokens or self.cfg.max_length)
+
     def train_step(self) -> dict:
         """Forward/backward over this rank's micro-batches of the step, one all-reduce, clip, update."""
         step = self.progress.step
@@ -397,9 +416,10 @@ class Trainer:
         real = sum(len(examples[i]) for mb in micro for i in mb)
         loss_total = torch.zeros((), device=self.device)
         for indices in micro[self.rank::self.world]:
-            loss_sum, _ = self.micro_loss(self.batcher.collate(indices))
-            (loss_sum / n_step).backward()
-            loss_total += loss_sum.detach().float()
+            for row in self.rows(self.batcher, indices):
+                loss_sum, _ = self.micro_loss(self.batcher.collate(row))
+                (loss_sum / n_step).backward()
+                loss_total += loss_sum.detach().float()
         loss_total = self._all_reduce_grads(loss_total)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
@@ -434,9 +454,10 @@ class Trainer:
         total, count = torch.zeros((), device=self.device, dtype=torch.float64), 0
         for i, indices in enumerate(self.dev_batcher.plan(0)):
             if i % self.world == self.rank:
-                loss_sum, n = self.micro_loss(self.dev_batcher.collate(indices))
-                total += loss_sum.double()
-                count += n
+                for row in self.rows(self.dev_batcher, indices):
+                    loss_sum, n = self.micro_loss(self.dev_batcher.collate(row))
+                    total += loss_sum.double()
+                    count += n
         self.model.train()
         reduced = self.acc.reduce(torch.stack([total, torch.tensor(float(count), dtype=torch.float64,
                                                                       device=self.device)]), reduction="sum")
