@@ -76,7 +76,7 @@ class TrainConfig:
     max_length: int = 512
     packing: bool = True                    # else length-grouped padded batches
     batch_tokens: int = 4096                # token budget per micro-batch (packing)
-    row_tokens: int = 0                     # packing: run a micro-batch as rows of at most this (0: max_length)
+    row_tokens: int = 0                     # packing: rows of at most this per forward (0: max_length on CPU, one row on GPU)
     batch_size: int = 8                     # examples per micro-batch (no packing)
     grad_accum: int = 1
     max_steps: int = 0                      # 0: use epochs
@@ -281,6 +281,7 @@ def config_reference(cls) -> str:
     rows = ["| key | type | default |", "| --- | --- | --- |"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        tp = str(hints[f.name]).replace("typing.", "")
+        tp = getattr(hints[f.name], "__name__", None) if not typing.get_args(hints[f.name]) else None
+        tp = tp or str(hints[f.name]).replace("typing.", "")
         rows.append(f"| `{f.name}` | `{tp}` | `{default!r}` |")
     return "\n".join(rows)
