@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
-import json
-import os
 from pathlib import Path
 
 import torch
@@ -108,7 +106,8 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 # ---------------------------------------------------------------- loading
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
-    """The tokenizer of a model (or of a saved tokenizer folder); a missing pad token becomes EOS (padding is masked out of attention and loss)."""
+    """The tokenizer of a model (or of a saved tokenizer folder); a missing pad token becomes EOS (pads are masked
+    out of attention and loss)."""
     from transformers import AutoTokenizer
 
     folder = Path(name).expanduser()
