@@ -189,3 +189,21 @@ def test_plot_is_a_png_of_the_expected_size(tmp_path):
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (800, 450)   # figsize (8, 4.5) at 100 dpi
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["eval.png"]   # no temporary file left behind
+
+
+def test_full_fine_tuning_run_compares_against_separately_loaded_base(tmp_path, smol_tokenizer):
+    """A run with model/ (no adapter) still gets a base column: the base weights are loaded beside the tuned ones."""
+    import shutil
+
+    from tiny_models import save_tiny_model
+
+    run = make_run(tmp_path, smol_tokenizer)
+    shutil.rmtree(run / "adapter")
+    save_tiny_model(run / "model", smol_tokenizer, "llama", seed=7)   # the "fine-tuned" weights
+    results = evaluate_run(run, EvalConfig(max_new_tokens=4, limit=3))
+
+    base_model, _ = load_run_model(run, adapter=False)
+    tuned_model, _ = load_run_model(run, adapter=True)
+    assert results["base"]["loss"] == pytest.approx(_reference_loss(base_model, smol_tokenizer, RECORDS[:3])[0], rel=1e-4)
+    assert results["tuned"]["loss"] == pytest.approx(_reference_loss(tuned_model, smol_tokenizer, RECORDS[:3])[0], rel=1e-4)
+    assert results["base"]["loss"] != pytest.approx(results["tuned"]["loss"], rel=1e-3)

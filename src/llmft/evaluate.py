@@ -2,6 +2,8 @@
 (the same weights with the adapter disabled), overall, per source and per task."""
 from __future__ import annotations
 
+import contextlib
+
 import math
 from pathlib import Path
 
@@ -130,12 +132,21 @@ def score_model(model, tokenizer, records, prompts, examples, info: dict, cfg: E
     return summary, predictions, scores
 
 
-def _base_context(model):
-    """The base model is the tuned one with the adapter switched off, so it is loaded only once."""
-    if hasattr(model, "disable_adapter"):
-        return model.disable_adapter()
-    raise LlmftError("this run has no adapter (full fine-tuning); use --no-base, or evaluate the base model "
-                     "as its own run")
+@contextlib.contextmanager
+def _base_model(run_dir: Path, tuned):
+    """The base model without the run's training: for a LoRA run the tuned model with its adapter switched off (loaded
+    once); for a full fine-tuning run the base weights are loaded beside it and freed afterwards."""
+    if hasattr(tuned, "disable_adapter"):
+        with tuned.disable_adapter():
+            yield tuned
+        return
+    from llmft.model import load_run_model
+
+    base, _ = load_run_model(run_dir, adapter=False)
+    try:
+        yield to_inference_device(base)
+    finally:
+        del base
 
 
 # ---------------------------------------------------------------- the run
@@ -160,9 +171,9 @@ def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
 
     results, predictions, scores = {}, {}, {}
     if cfg.base:
-        with _base_context(model):
+        with _base_model(run_dir, model) as base:
             results["base"], predictions["base"], scores["base"] = score_model(
-                model, tokenizer, records, prompts, examples, info, cfg, "base")
+                base, tokenizer, records, prompts, examples, info, cfg, "base")
     results["tuned"], predictions["tuned"], scores["tuned"] = score_model(
         model, tokenizer, records, prompts, examples, info, cfg, "tuned")
 
