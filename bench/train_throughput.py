@@ -1,0 +1,303 @@
+"""Training throughput: llmft vs TRL's SFTTrainer + PEFT on the same work, each in its own process.
+
+    .venv/bin/python bench/train_throughput.py                          # first 400 Alpaca records, all contenders
+    .venv/bin/python bench/train_throughput.py --records all            # the whole 2,000-record sample (~40 min TRL)
+    .venv/bin/python bench/train_throughput.py --records 40 --contenders llmft --no-write
+
+The work: the embedded SmolLM2-135M (`llmft.model.resolve_model("smollm2-135m")`), the first N records that
+`llmft.sources` keeps from the Alpaca sample, rendered with the alpaca template by `llmft.prompts.render` (TRL gets
+them as a prompt-completion dataset, completion-only loss), LoRA r=16 alpha=32 dropout 0.05 on all linear layers,
+bf16 (base weights in bf16, adapters fp32, autocast), max length 512, one epoch, AdamW lr 2e-4 cosine, 3% warm-up.
+
+Batches: llmft packs examples into micro-batches of at most 4,096 tokens (batch_tokens=4096 = 8 x max_length; on
+CPU train.py runs each as rows of at most max_length, since masked attention costs the square of a row); TRL padding
+mode takes 8 sequences per step (padded to the longest of the 8, TRL's default random order), TRL packing mode 8 rows
+of 512 packed tokens (best-fit decreasing, padding-free) = the same 4,096-token budget as llmft.
+
+Each contender runs in a child process (same torch thread count, one per core), so its peak RSS (VmHWM) is its own.
+Real tokens = the prompt + response tokens of the examples a contender actually fed to the model (no padding), the
+same count for every contender. Time = the training loop (llmft `Trainer.fit`, TRL `trainer.train()`), excluding
+model loading and tokenization, which are reported separately as the process's total wall time.
+
+MFU: 4 N FLOPs per real token (forward 2N + backward through the activations 2N; the frozen weights get no weight
+gradient, the LoRA weight gradients are ~0.5% and attention scores are not counted), N = every parameter (frozen +
+LoRA, the tied embedding once), against the best bf16 2048^3 matmul measured in the same child just before training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+SECTION = "## Training throughput"
+ALPACA = _common.REPO.parent / "shared" / "fixtures" / "raw" / "alpaca" / "alpaca_data.json"
+CONTENDERS = ("llmft", "trl-padding", "trl-packing")
+DEFAULT_RECORDS = 400
+MODEL = "smollm2-135m"
+MAX_LENGTH = 512
+SEQUENCES_PER_STEP = 8
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+LR, WARMUP, SEED = 2e-4, 0.03, 0
+
+
+# ---------------------------------------------------------------- the shared data (parent)
+
+def write_data(work: Path, alpaca: Path, n_records: int | None) -> dict:
+    """The first n kept records, as llmft records (train.jsonl) and as TRL prompt/completion rows."""
+    from llmft import io
+    from llmft.prompts import render
+    from llmft.records import Record
+    from llmft.sources import convert
+
+    records, rejects = [], 0
+    for item in convert("alpaca", alpaca):
+        if isinstance(item, Record):
+            records.append(item.to_dict())
+            if n_records is not None and len(records) == n_records:
+                break
+        else:
+            rejects += 1
+    (work / "llmft-data").mkdir(parents=True, exist_ok=True)
+    io.write_jsonl(work / "llmft-data" / "train.jsonl", records)
+    # A dev file stops llmft from holding 5% of train.jsonl out; dev_limit=1 keeps its two evaluations (before the
+    # first and after the last step) to one example each (dev_limit=0 fails in train.py: no example to tokenize).
+    io.write_jsonl(work / "llmft-data" / "dev.jsonl", records[:1])
+    pairs = [dict(zip(("prompt", "completion"), render(r, "alpaca"))) for r in records]
+    io.write_jsonl(work / "trl-prompt-completion.jsonl", pairs)
+    return {"records": len(records), "rejects_before_last": rejects}
+
+
+# ---------------------------------------------------------------- contenders (each in a child process)
+
+def child_start(threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    return {"threads": threads, "load_start": _common.loadavg(), "bf16_gflops": _common.matmul_gflops()}
+
+
+def run_llmft(work: Path, threads: int) -> dict:
+    from llmft.config import TrainConfig
+    from llmft.train import Trainer, row_cap
+
+    info = child_start(threads)
+    cfg = TrainConfig(data=str(work / "llmft-data"), out=str(work / "llmft-run"), model=MODEL, method="lora",
+                      lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                      lora_targets="all-linear", template="alpaca", max_length=MAX_LENGTH, packing=True,
+                      batch_tokens=SEQUENCES_PER_STEP * MAX_LENGTH, grad_accum=1, epochs=1.0, lr=LR,
+                      warmup_ratio=WARMUP, bf16="true", eval_every=0, save_every=0, dev_limit=1, seed=SEED)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    import torch
+
+    torch.set_num_threads(threads)   # Trainer sets one thread per physical core; keep every contender the same
+    start, cpu_start = time.perf_counter(), time.process_time()
+    summary = trainer.fit()
+    loop_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    params = sum(p.numel() for p in trainer.model.parameters())
+    trainable = sum(p.numel() for p in trainer.params)
+    return {**info, "loop_s": loop_s, "cpu_s": cpu_s, "real_tokens": summary["real_tokens"],
+            "trainable_tokens": summary["trainable_tokens"], "steps": summary["steps"],
+            "examples": len(trainer.train_examples), "final_loss": summary["final_loss"],
+            "step_seconds": summary["train_seconds"], "params": params, "trainable_params": trainable,
+            "batching": f"packed micro-batches of <= {cfg.batch_tokens} tokens, run as rows of <= "
+                        f"{row_cap(cfg, trainer.device)}",
+            "load_end": _common.loadavg(), "peak_rss_mb": _common.peak_rss_mb()}
+
+
+def run_trl(work: Path, threads: int, packing: bool, grad_checkpointing: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from llmft import io
+    from llmft.model import resolve_model
+
+    info = child_start(threads)
+    folder = resolve_model(MODEL)
+    rows = list(io.read_jsonl(work / "trl-prompt-completion.jsonl"))
+    dataset = Dataset.from_list(rows)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    args = SFTConfig(
+        output_dir=str(work / ("trl-packing" if packing else "trl-padding")), max_length=MAX_LENGTH,
+        packing=packing, completion_only_loss=True, bf16=True, use_cpu=True,
+        per_device_train_batch_size=SEQUENCES_PER_STEP, gradient_accumulation_steps=1, num_train_epochs=1,
+        learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=WARMUP, weight_decay=0.0, max_grad_norm=1.0,
+        gradient_checkpointing=grad_checkpointing, model_init_kwargs={"dtype": "bfloat16"},
+        logging_steps=10, save_strategy="no", report_to="none", seed=SEED, dataloader_num_workers=0,
+        disable_tqdm=False)
+    peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                             target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+    counts = {"real": 0, "trainable": 0, "padded": 0}
+
+    class CountingSFTTrainer(SFTTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            ids = inputs["input_ids"]
+            real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else ids.numel()
+            counts["real"] += real
+            counts["padded"] += ids.numel() - real
+            counts["trainable"] += int((inputs["labels"] != -100).sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    trainer = CountingSFTTrainer(model=folder, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                 peft_config=peft_config)
+    torch.set_num_threads(threads)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    out = trainer.train()
+    loop_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    params = sum(p.numel() for p in trainer.model.parameters())
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    batching = (f"{SEQUENCES_PER_STEP} packed rows of {MAX_LENGTH} (bfd, padding-free)" if packing
+                else f"{SEQUENCES_PER_STEP} padded sequences")
+    return {**info, "loop_s": loop_s, "cpu_s": cpu_s, "real_tokens": counts["real"],
+            "trainable_tokens": counts["trainable"],
+            "padding_tokens": counts["padded"], "steps": out.global_step, "examples": len(dataset),
+            "final_loss": out.training_loss, "params": params, "trainable_params": trainable,
+            "batching": batching + (", gradient checkpointing" if grad_checkpointing else ""),
+            "load_end": _common.loadavg(), "peak_rss_mb": _common.peak_rss_mb()}
+
+
+def child_main(args) -> None:
+    os.environ.setdefault("LLMFT_NO_PROGRESS", "1")
+    work, start = Path(args.work), time.perf_counter()
+    if args.child == "llmft":
+        result = run_llmft(work, args.threads)
+    else:
+        result = run_trl(work, args.threads, packing=args.child == "trl-packing",
+                         grad_checkpointing=args.trl_grad_checkpointing)
+    result.update(contender=args.child, process_s=time.perf_counter() - start)
+    Path(args.result).write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- the parent
+
+def run_contender(name: str, work: Path, threads: int, args) -> dict:
+    result_file = work / f"{name}.json"
+    result_file.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--child", name, "--work", str(work), "--result", str(result_file),
+           "--threads", str(threads), f"--trl-grad-checkpointing={str(args.trl_grad_checkpointing).lower()}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    print(f"--- {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, env=env, timeout=args.timeout or None)
+    if proc.returncode != 0 or not result_file.exists():
+        raise SystemExit(f"{name} failed (exit {proc.returncode}); its output is above")
+    return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+def derive(results: dict[str, dict]) -> str | None:
+    """tokens/s and MFU per contender; ratios against TRL's better mode. Returns that mode's name."""
+    for r in results.values():
+        r["tokens_per_s"] = r["real_tokens"] / r["loop_s"]
+        r["tokens_per_cpu_s"] = r["real_tokens"] / r["cpu_s"]
+        r["mfu"] = 4 * r["params"] * r["tokens_per_s"] / (r["bf16_gflops"] * 1e9)
+    trl = [n for n in results if n.startswith("trl")]
+    best = max(trl, key=lambda n: results[n]["tokens_per_s"]) if trl else None
+    for r in results.values():
+        if best:
+            r["speed_vs_trl"] = r["tokens_per_s"] / results[best]["tokens_per_s"]
+            r["rss_vs_trl"] = r["peak_rss_mb"] / results[best]["peak_rss_mb"]
+            r["cpu_vs_trl"] = r["tokens_per_cpu_s"] / results[best]["tokens_per_cpu_s"]
+    return best
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = ["| contender | batching | examples | steps | real tokens | loop s | real tok/s | vs TRL best | CPU s | "
+             "real tok/CPU-s | vs TRL best | peak RSS MiB | vs TRL best | MFU | bf16 peak GFLOP/s | "
+             "load start / end | process s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| --- | ---: |"]
+    for name, r in results.items():
+        ratio = (lambda key: f"{r[key]:.2f}x" if key in r else "-")
+        lines.append(
+            f"| {name} | {r['batching']} | {r['examples']:,} | {r['steps']} | {r['real_tokens']:,} | "
+            f"{r['loop_s']:.1f} | {r['tokens_per_s']:.1f} | {ratio('speed_vs_trl')} | {r['cpu_s']:.1f} | "
+            f"{r['tokens_per_cpu_s']:.1f} | {ratio('cpu_vs_trl')} | {r['peak_rss_mb']:,.0f} | "
+            f"{ratio('rss_vs_trl')} | {100 * r['mfu']:.1f}% | {r['bf16_gflops']:.0f} | "
+            f"{r['load_start'][0]:.1f} / {r['load_end'][0]:.1f} | {r['process_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def section(results: dict, best: str | None, data: dict, info: dict, command: str, note: str) -> str:
+    any_result = next(iter(results.values()))
+    vers = _common.versions("torch", "transformers", "peft", "trl", "accelerate")
+    out = [
+        SECTION, "",
+        f"Command: `{command}`  ",
+        f"Date: {info['date']}  ",
+        f"Machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['bf16_isa']) or 'no bf16 ISA'}), "
+        f"{info['ram_gib']:.0f} GiB RAM; {any_result['threads']} torch threads in every contender  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + "  ",
+        f"Data: the first {data['records']:,} records llmft.sources keeps from the 2,000-record Alpaca sample "
+        f"({'the whole sample' if data['all'] else 'a subset; `--records all` for the full epoch'}), alpaca "
+        f"template, max length {MAX_LENGTH}, one epoch; LoRA r={LORA['r']} alpha={LORA['alpha']} dropout "
+        f"{LORA['dropout']} on all linear layers, bf16, {any_result['params'] / 1e6:.1f}M parameters "
+        f"({any_result['trainable_params'] / 1e6:.2f}M trainable).", "",
+        table(results), "",
+        "Real tokens: prompt + response tokens fed to the model, no padding (TRL: attention-mask sum, or the packed "
+        "row length when padding-free). Loop s: the training loop only (llmft `Trainer.fit`, TRL `trainer.train()`); "
+        "process s adds model load and tokenization. Peak RSS: the child process's VmHWM. MFU: 4 x N x real tok/s "
+        "over the bf16 2048^3 matmul peak measured in the same child (N = all parameters; forward 2N + backward "
+        "through activations 2N, frozen weights get no weight gradient). CPU s: the loop's process CPU time (all "
+        "threads); on a shared machine real tokens per CPU-second is the steadier comparison, wall-clock figures "
+        "depend on what else runs. Load: 1-minute load average at the start / end of the contender.",
+    ]
+    if best:
+        out += ["", f"TRL's better mode here: **{best}**."]
+    if note:
+        out += ["", f"Note: {note}"]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", default=str(DEFAULT_RECORDS), help=f"first N records, or 'all' "
+                        f"(default {DEFAULT_RECORDS}: TRL takes ~40 min for all 2,000 on 2 cores)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--out", default=str(_common.REPO / "bench" / "out"))
+    parser.add_argument("--alpaca", default=str(ALPACA))
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--trl-grad-checkpointing", default="true", choices=("true", "false"),
+                        help="TRL's SFTConfig default is true")
+    parser.add_argument("--timeout", type=float, default=0, help="seconds per contender (0: none)")
+    parser.add_argument("--note", default="", help="a remark for BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.trl_grad_checkpointing = args.trl_grad_checkpointing == "true"
+    if args.child:
+        child_main(args)
+        return
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = sorted(set(contenders) - set(CONTENDERS))
+    if unknown:
+        parser.error(f"unknown contender(s) {', '.join(unknown)}; known: {', '.join(CONTENDERS)}")
+    n_records = None if args.records == "all" else int(args.records)
+    work = Path(args.out) / "train_throughput"
+    work.mkdir(parents=True, exist_ok=True)
+    info = _common.machine_info()
+    data = {**write_data(work, Path(args.alpaca), n_records), "all": n_records is None}
+    results = {name: run_contender(name, work, args.threads, args) for name in contenders}
+    best = derive(results)
+    (work / "results.json").write_text(json.dumps({"machine": info, "data": data, "results": results}, indent=1))
+    print(table(results))
+    if not args.no_write:
+        command = ".venv/bin/python bench/train_throughput.py " + " ".join(sys.argv[1:])
+        _common.update_section(SECTION, section(results, best, data, info, command.strip(), args.note))
+        print(f"updated {_common.BENCHMARKS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
