@@ -27,7 +27,7 @@ from llmft.errors import LlmftError
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 SOURCE_KEYS = ("alpaca", "self_instruct", "natural_instructions", "unnatural_instructions")
-STAGE_NAMES = ("demo", "prepare", "train", "eval")
+STAGE_NAMES = ("demo", "prepare", "budget", "train", "eval")
 # What `llmft data download --out DIR` leaves, per DataConfig source key (first existing path wins).
 DOWNLOADED_LAYOUT = {
     "alpaca": ("alpaca/alpaca_data.json",),
@@ -318,6 +318,11 @@ def run_pipeline(recipe: Recipe, out: str | Path, *, sources: dict[str, list[str
     else:
         log.run("prepare", f"preparing ({recipe.data.split} split) into {layout.data}",
                 lambda: stages.prepare(recipe.data, layout.data))
+
+    if recipe.run.budget_minutes and not train_complete(layout):
+        from llmft.budget import fit_recipe
+
+        recipe = fit_recipe(recipe, layout, log)    # train.max_steps from measured throughput (budget.json)
 
     if train_complete(layout):
         log.skip("train", f"{layout.train} is complete")

@@ -23,6 +23,9 @@ def register(sub) -> None:
     for flag, dest, text in SOURCE_FLAGS:
         parser.add_argument(flag, dest=dest, action="append", metavar="PATH", help=f"{text}; repeatable")
     parser.add_argument("--downloaded", metavar="DIR", help="the --out folder of `llmft data download`")
+    parser.add_argument("--budget-minutes", type=float, metavar="M",
+                        help="wall-clock budget for prepare + train + eval: the training steps are fitted to it from "
+                        "measured throughput (same as --set budget_minutes=M)")
     parser.set_defaults(func=run)
 
 
@@ -39,6 +42,7 @@ def sources_from(args) -> dict[str, list[str]]:
 def run(args) -> int:
     from llmft.pipeline import load_recipe, run_pipeline
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    budget = [] if args.budget_minutes is None else [f"budget_minutes={args.budget_minutes}"]
+    recipe = load_recipe(args.recipe, args.overrides + budget)
     run_pipeline(recipe, args.out, sources=sources_from(args))
     return 0
