@@ -1,0 +1,307 @@
+"""Fit the training steps of an `llmft run` to a wall-clock budget from throughput measured on this machine, now.
+
+The budget covers preparation, training and evaluation. After `prepare`, `fit_recipe`:
+1. probes training: a throw-away Trainer on the real data and config (setup timed, one dev-loss pass timed, one
+   warm-up step, then `PROBE_STEPS` timed optimizer steps);
+2. probes generation: the evaluation model as `evaluate_run` will hold it (fp32 on the CPU, the adapter attached):
+   a prefill rate (tokens/s) from a few median-length eval prompts, and the decode time per new token of a full
+   eval batch;
+3. estimates evaluation: every length-sorted generation batch at the full `max_new_tokens` (no early EOS assumed),
+   plus the loss pass over every eval token, for base and tuned;
+4. gives training what is left after what was spent, the evaluation estimate, the training setup and a reserve.
+
+`train.epochs` caps the fitted steps (a fast machine does not loop over the data endlessly). The fit is saved in
+`<out>/budget.json`, so a rerun that resumes an interrupted training reuses it instead of measuring again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmft import io
+from llmft.config import EvalConfig, TrainConfig
+from llmft.errors import LlmftError
+
+PROBE_STEPS = 2              # timed optimizer steps (after one warm-up step)
+PROBE_NEW_TOKENS = 6         # forced new tokens in the decode probe
+PREFILL_PROBE_PROMPTS = 3    # median-length eval prompts timed one by one
+DECODE_PROBE_CONTEXT = 64    # prompt tokens per row of the decode probe batch
+RESERVE_FRACTION = 0.04      # of the budget: load swings, report writing, interpreter start-up
+RESERVE_MIN_S = 10.0
+FIT_FILE = "budget.json"
+
+
+# ---------------------------------------------------------------- the arithmetic (pure)
+
+@dataclass
+class StepFit:
+    steps: int
+    budget_s: float
+    spent_s: float           # before training: preparation and the probes
+    eval_s: float            # estimated
+    train_overhead_s: float  # estimated: model load, tokenization, dev-loss passes, saving
+    reserve_s: float
+    step_s: float            # measured seconds per optimizer step
+    train_s: float           # what the fitted steps should take
+    capped_by_epochs: bool
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 2) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def reserve_seconds(budget_s: float) -> float:
+    return max(RESERVE_MIN_S, RESERVE_FRACTION * budget_s)
+
+
+def fit_steps(*, budget_s: float, spent_s: float, step_s: float, eval_s: float, train_overhead_s: float = 0.0,
+              reserve_s: float | None = None, max_steps: int | None = None, min_steps: int = 1) -> StepFit:
+    """The most optimizer steps that fit in what the budget leaves for training; an error naming every share when
+    not even `min_steps` fit."""
+    if step_s <= 0:
+        raise ValueError(f"step_s must be positive, got {step_s}")
+    reserve = reserve_seconds(budget_s) if reserve_s is None else reserve_s
+    left = budget_s - spent_s - eval_s - train_overhead_s - reserve
+    steps = int(left // step_s) if left > 0 else 0
+    capped = max_steps is not None and steps > max_steps
+    if capped:
+        steps = max_steps
+    if steps < min_steps:
+        raise LlmftError(
+            f"the budget of {budget_s / 60:.1f} min leaves {max(left, 0):.0f} s for training, less than "
+            f"{min_steps} step(s) of {step_s:.1f} s: spent {spent_s:.0f} s (preparation, probes), evaluation "
+            f"estimated {eval_s:.0f} s, training setup {train_overhead_s:.0f} s, reserve {reserve:.0f} s. Raise "
+            f"--budget-minutes, or evaluate less (data.test_instances_per_task, eval.max_new_tokens)")
+    return StepFit(steps=steps, budget_s=budget_s, spent_s=spent_s, eval_s=eval_s, train_overhead_s=train_overhead_s,
+                   reserve_s=reserve, step_s=step_s, train_s=steps * step_s, capped_by_epochs=capped)
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Longest first, as generate.py and evaluate.py batch them."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def padded_tokens(lengths: list[int], batch: list[int]) -> int:
+    return len(batch) * max(lengths[i] for i in batch)
+
+
+def estimate_generation_s(prompt_lengths: list[int], batch_size: int, max_new_tokens: int, *,
+                          prefill_tokens_per_s: float, decode_step_s: float) -> float:
+    """Every length-sorted batch: its left-padded prompt tokens at the prefill rate, then `max_new_tokens` decode
+    steps (an upper bound: batches that all stop at EOS earlier finish sooner)."""
+    total = 0.0
+    for batch in length_sorted_batches(prompt_lengths, batch_size):
+        total += padded_tokens(prompt_lengths, batch) / prefill_tokens_per_s + max_new_tokens * decode_step_s
+    return total
+
+
+def estimate_eval_s(prompt_lengths: list[int], response_lengths: list[int], cfg: EvalConfig, *,
+                    prefill_tokens_per_s: float, decode_step_s: float, load_s: float = 0.0) -> float:
+    """Generation plus the loss pass over prompt + response tokens, for tuned (and base when `cfg.base`)."""
+    generation = estimate_generation_s(prompt_lengths, cfg.batch_size, cfg.max_new_tokens,
+                                       prefill_tokens_per_s=prefill_tokens_per_s, decode_step_s=decode_step_s)
+    loss = (sum(prompt_lengths) + sum(response_lengths)) / prefill_tokens_per_s
+    return load_s + (2 if cfg.base else 1) * (generation + loss)
+
+
+# ---------------------------------------------------------------- measuring
+
+@dataclass
+class TrainingRate:
+    setup_s: float           # Trainer setup: tokenizer, data, tokenization, model, adapter, packing plan
+    dev_loss_s: float        # one dev-loss pass (the run does one before and one after training)
+    step_s: float            # median of the timed steps
+    tokens_per_s: float      # real (non-pad) tokens per second over the timed steps
+    steps_per_epoch: int
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def measure_training(cfg: TrainConfig, steps: int = PROBE_STEPS) -> TrainingRate:
+    """Time a throw-away Trainer on the run's own data and settings (its folder is deleted afterwards)."""
+    from llmft.train import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="llmft-budget-") as tmp:
+        probe = dataclasses.replace(cfg, out=str(Path(tmp) / "probe"), resume=False, max_steps=steps + 1,
+                                    eval_every=0, save_every=0, tensorboard=False)
+        started = time.perf_counter()
+        trainer = Trainer(probe)
+        trainer.setup()
+        setup_s = time.perf_counter() - started
+        started = time.perf_counter()
+        trainer.dev_loss()
+        dev_loss_s = time.perf_counter() - started
+        trainer.train_step()                       # warm-up: first-call kernel selection, allocator growth
+        times, tokens = [], 0
+        for _ in range(steps):
+            started = time.perf_counter()
+            out = trainer.train_step()
+            times.append(time.perf_counter() - started)
+            tokens += out["real"]
+        per_epoch = math.ceil(trainer.plan.micro_per_epoch / trainer.plan.micro_per_step)
+        del trainer
+    return TrainingRate(setup_s=setup_s, dev_loss_s=dev_loss_s, step_s=statistics.median(times),
+                        tokens_per_s=tokens / sum(times), steps_per_epoch=per_epoch)
+
+
+@dataclass
+class GenerationRate:
+    load_s: float
+    prefill_tokens_per_s: float
+    decode_step_s: float
+    prefill_probe_tokens: int
+    decode_probe_batch: int
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def median_prompts(lengths: list[int], count: int) -> list[int]:
+    """Indices of `count` prompts around the median length (a typical prefill, whatever the outliers)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    start = max(0, min(len(order) - count, len(order) // 2 - count // 2))
+    return order[start:start + count]
+
+
+def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int) -> GenerationRate:
+    """Prefill rate and decode step time of the evaluation model (fp32 on the CPU as `evaluate_run` loads it,
+    the adapter attached so its layers cost what the tuned model's do). Prefill: `PREFILL_PROBE_PROMPTS` real eval
+    prompts of median length. Decode: a full eval batch of short prompt tails, forced to `PROBE_NEW_TOKENS`
+    tokens, so the probe stays cheap however long the eval prompts are."""
+    import torch
+
+    from llmft.generate import encode_prompt
+    from llmft.model import attach_adapter, load_model, load_tokenizer
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = load_model(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.method == "lora":
+        model = attach_adapter(model, cfg)
+    model.eval()
+    load_s = time.perf_counter() - started
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    tails = [encoded[i % len(encoded)][-DECODE_PROBE_CONTEXT:] for i in range(batch_size)]
+    tail_ids, tail_mask = _left_padded(tails, pad_id)
+    _generate(model, tail_ids[:1], tail_mask[:1], 1)                # warm-up
+    prefill_s, prefill_tokens = 0.0, 0
+    for index in median_prompts([len(e) for e in encoded], PREFILL_PROBE_PROMPTS):
+        ids, mask = _left_padded([encoded[index]], pad_id)
+        prefill_s += _generate(model, ids, mask, 1)
+        prefill_tokens += ids.numel()
+    short_s = _generate(model, tail_ids, tail_mask, 1)
+    forced_s = _generate(model, tail_ids, tail_mask, PROBE_NEW_TOKENS)
+    del model
+    return GenerationRate(load_s=load_s, prefill_tokens_per_s=prefill_tokens / prefill_s,
+                          decode_step_s=max(forced_s - short_s, 0.0) / (PROBE_NEW_TOKENS - 1),
+                          prefill_probe_tokens=prefill_tokens, decode_probe_batch=len(tails))
+
+
+def _left_padded(sequences: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def _generate(model, ids, mask, new_tokens: int) -> float:
+    """Seconds for greedy generation of exactly `new_tokens` tokens (EOS cannot stop it early)."""
+    import torch
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              use_cache=True, pad_token_id=0)
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+    with torch.no_grad():
+        model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- the pipeline hook
+
+def eval_lengths(test_jsonl: Path, cfg: TrainConfig, eval_cfg: EvalConfig) -> tuple[list[str], list[int], list[int]]:
+    """(prompts, prompt token counts, response token counts) of the records `evaluate_run` will score."""
+    from llmft.evaluate import load_eval_records
+    from llmft.generate import encode_prompt
+    from llmft.model import load_tokenizer
+    from llmft.prompts import render
+
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    records = load_eval_records(test_jsonl, eval_cfg.limit)
+    rendered = [render(r, cfg.template, tokenizer=tokenizer, k_positive=cfg.k_positive) for r in records]
+    prompts = [p for p, _ in rendered]
+    prompt_lengths = [len(encode_prompt(tokenizer, p)) for p in prompts]
+    response_lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for _, r in rendered]
+    return prompts, prompt_lengths, response_lengths
+
+
+def spent_seconds(stage_entries: dict) -> float:
+    """Wall time of the stages already run (skipped ones keep the seconds of the run that made their output)."""
+    return sum(entry.get("seconds") or 0.0 for entry in stage_entries.values())
+
+
+def measure_and_fit(recipe, data_dir: Path, spent_s: float) -> dict:
+    """Probe training and generation, estimate evaluation, fit the steps; everything the fit used, as a dict."""
+    started = time.perf_counter()
+    budget_s = 60.0 * recipe.run.budget_minutes
+    train_cfg = dataclasses.replace(recipe.train, data=str(data_dir))
+    training = measure_training(train_cfg)
+    prompts, prompt_lengths, response_lengths = eval_lengths(data_dir / f"{recipe.eval.split}.jsonl", train_cfg,
+                                                             recipe.eval)
+    generation = measure_generation(train_cfg, prompts, recipe.eval.batch_size)
+    eval_s = estimate_eval_s(prompt_lengths, response_lengths, recipe.eval,
+                             prefill_tokens_per_s=generation.prefill_tokens_per_s,
+                             decode_step_s=generation.decode_step_s, load_s=generation.load_s)
+    probes_s = time.perf_counter() - started
+    overhead_s = training.setup_s + 2 * training.dev_loss_s
+    cap = max(1, math.ceil(recipe.train.epochs * training.steps_per_epoch))
+    fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=training.step_s, eval_s=eval_s,
+                    train_overhead_s=overhead_s, max_steps=cap)
+    return {"budget_minutes": recipe.run.budget_minutes, "max_steps": fit.steps, "fit": fit.to_dict(),
+            "training": training.to_dict(), "generation": generation.to_dict(),
+            "eval_records": len(prompts), "eval_prompt_tokens": sum(prompt_lengths),
+            "probes_s": round(probes_s, 2), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "cpu_count": os.cpu_count()}
+
+
+def fit_recipe(recipe, layout, log):
+    """The recipe with `train.max_steps` fitted to `run.budget_minutes` (measured once, then read from
+    `<out>/budget.json`); `log` is the pipeline's StageLog."""
+    path = Path(layout.out) / FIT_FILE
+    if path.exists():
+        log.skip("budget", f"steps already fitted ({path})")
+    else:
+        spent = spent_seconds(log.entries)
+        result = log.run("budget", f"fitting the training steps to {recipe.run.budget_minutes:g} min from "
+                                   "measured throughput", lambda: measure_and_fit(recipe, layout.data, spent))
+        io.write_json(path, result)
+        log.echo(describe(result))
+    fitted = io.load_json(path)
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, max_steps=fitted["max_steps"]))
+
+
+def describe(result: dict) -> str:
+    fit, training, generation = result["fit"], result["training"], result["generation"]
+    return (f"[budget] {result['budget_minutes']:g} min: {fit['steps']} steps x {fit['step_s']:.1f} s "
+            f"({training['tokens_per_s']:.0f} tokens/s) = {fit['train_s'] / 60:.1f} min of training"
+            f"{' (capped by train.epochs)' if fit['capped_by_epochs'] else ''}; spent {fit['spent_s']:.0f} s, "
+            f"evaluation of {result['eval_records']} records estimated {fit['eval_s']:.0f} s "
+            f"(prefill {generation['prefill_tokens_per_s']:.0f} tokens/s, decode {generation['decode_step_s']:.2f} "
+            f"s/token), setup {fit['train_overhead_s']:.0f} s, reserve {fit['reserve_s']:.0f} s; "
+            f"load average {result['load_average'][0]:.1f}")
+

@@ -1,0 +1,136 @@
+"""Fitting training steps to a wall-clock budget (llmft.budget): the arithmetic on fake measured rates, the eval
+estimate, and the pipeline hook (budget.json reused on a rerun) on fake stages."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from llmft import budget
+from llmft.config import EvalConfig, RunConfig
+from llmft.errors import LlmftError
+
+
+# ---------------------------------------------------------------- fit_steps
+
+def test_fit_steps_gives_training_what_is_left():
+    # 900 s budget - 60 spent - 200 eval - 40 setup - 36 reserve (4%) = 564 s -> 564 // 8 = 70 steps
+    fit = budget.fit_steps(budget_s=900, spent_s=60, step_s=8.0, eval_s=200, train_overhead_s=40)
+    assert fit.reserve_s == 36.0
+    assert fit.steps == 70 and fit.train_s == 560.0 and not fit.capped_by_epochs
+    assert fit.to_dict() == {"steps": 70, "budget_s": 900, "spent_s": 60, "eval_s": 200, "train_overhead_s": 40,
+                             "reserve_s": 36.0, "step_s": 8.0, "train_s": 560.0, "capped_by_epochs": False}
+
+
+def test_fit_steps_slower_machine_fewer_steps_and_minimum_reserve():
+    fast = budget.fit_steps(budget_s=120, spent_s=10, step_s=2.0, eval_s=30)      # reserve 10 s (min): 70 s left
+    slow = budget.fit_steps(budget_s=120, spent_s=10, step_s=7.0, eval_s=30)
+    assert (fast.reserve_s, fast.steps, slow.steps) == (10.0, 35, 10)
+
+
+def test_fit_steps_capped_by_epochs():
+    fit = budget.fit_steps(budget_s=900, spent_s=0, step_s=1.0, eval_s=0, reserve_s=0, max_steps=120)
+    assert fit.steps == 120 and fit.capped_by_epochs and fit.train_s == 120.0
+
+
+def test_fit_steps_refuses_a_budget_without_room_for_one_step():
+    with pytest.raises(LlmftError) as info:
+        budget.fit_steps(budget_s=300, spent_s=100, step_s=9.0, eval_s=180, train_overhead_s=5)
+    message = str(info.value)
+    assert "5.0 min leaves 3 s for training, less than 1 step(s) of 9.0 s" in message
+    assert "evaluation estimated 180 s" in message and "test_instances_per_task" in message
+    with pytest.raises(ValueError, match="step_s must be positive"):
+        budget.fit_steps(budget_s=300, spent_s=0, step_s=0, eval_s=0)
+
+
+# ---------------------------------------------------------------- the eval estimate
+
+def test_length_sorted_batches_and_padding():
+    lengths = [10, 50, 30, 40, 20]
+    assert budget.length_sorted_batches(lengths, 2) == [[1, 3], [2, 4], [0]]
+    assert [budget.padded_tokens(lengths, b) for b in budget.length_sorted_batches(lengths, 2)] == [100, 60, 10]
+
+
+def test_estimate_generation_and_eval_seconds():
+    lengths = [10, 50, 30, 40, 20]
+    # prefill (100 + 60 + 10) / 10 tok/s = 17 s, decode 3 batches x 4 tokens x 0.5 s = 6 s
+    assert budget.estimate_generation_s(lengths, 2, 4, prefill_tokens_per_s=10, decode_step_s=0.5) == 23.0
+    cfg = EvalConfig(batch_size=2, max_new_tokens=4)
+    responses = [2, 2, 2, 2, 2]
+    # loss pass (150 + 10) / 10 = 16 s; base + tuned: 2 x (23 + 16) + 5 s load
+    assert budget.estimate_eval_s(lengths, responses, cfg, prefill_tokens_per_s=10, decode_step_s=0.5,
+                                  load_s=5) == 83.0
+    no_base = dataclasses.replace(cfg, base=False)
+    assert budget.estimate_eval_s(lengths, responses, no_base, prefill_tokens_per_s=10, decode_step_s=0.5) == 39.0
+
+
+def test_median_prompts_picks_the_middle_lengths():
+    lengths = [500, 10, 30, 20, 40, 1200, 25]
+    assert sorted(lengths[i] for i in budget.median_prompts(lengths, 3)) == [25, 30, 40]
+    assert budget.median_prompts([7, 3], 3) == [1, 0]
+
+
+# ---------------------------------------------------------------- the pipeline hook
+
+class FakeLog:
+    def __init__(self, entries):
+        self.entries, self.lines = entries, []
+
+    def echo(self, line):
+        self.lines.append(line)
+
+    def skip(self, name, why):
+        self.entries[name] = {"status": "skipped", "why": why, "seconds": self.entries.get(name, {}).get("seconds")}
+
+    def run(self, name, what, fn):
+        result = fn()
+        self.entries[name] = {"status": "ran", "seconds": 1.5}
+        return result
+
+
+def test_fit_recipe_measures_once_then_reuses_budget_json(tmp_path, monkeypatch):
+    from llmft.pipeline import Layout, load_recipe
+
+    recipe = load_recipe("superni", ["budget_minutes=10"])
+    layout = Layout(tmp_path)
+    calls = []
+    fitted = {"budget_minutes": 10.0, "max_steps": 42, "eval_records": 160, "load_average": [3.0, 3.0, 3.0],
+              "fit": {"steps": 42, "step_s": 9.0, "train_s": 378.0, "capped_by_epochs": False, "spent_s": 70.0,
+                      "eval_s": 120.0, "train_overhead_s": 20.0, "reserve_s": 24.0},
+              "training": {"tokens_per_s": 250.0}, "generation": {"prefill_tokens_per_s": 400.0,
+                                                                 "decode_step_s": 0.2}}
+
+    def fake_measure(rec, data_dir, spent_s):
+        calls.append((data_dir, spent_s))
+        return fitted
+
+    monkeypatch.setattr(budget, "measure_and_fit", fake_measure)
+    log = FakeLog({"demo": {"status": "skipped", "seconds": None}, "prepare": {"status": "ran", "seconds": 6.25}})
+    out = budget.fit_recipe(recipe, layout, log)
+    assert calls == [(layout.data, 6.25)]
+    assert out.train.max_steps == 42 and recipe.train.max_steps == 0
+    assert dataclasses.replace(out.train, max_steps=0) == recipe.train
+    assert (tmp_path / "budget.json").exists() and log.entries["budget"]["status"] == "ran"
+    assert log.lines == ["[budget] 10 min: 42 steps x 9.0 s (250 tokens/s) = 6.3 min of training; spent 70 s, "
+                         "evaluation of 160 records estimated 120 s (prefill 400 tokens/s, decode 0.20 s/token), "
+                         "setup 20 s, reserve 24 s; load average 3.0"]
+
+    again = budget.fit_recipe(recipe, layout, FakeLog({}))     # a rerun: no new measurement
+    assert calls == [(layout.data, 6.25)] and again.train.max_steps == 42
+
+
+def test_run_config_budget_minutes_validated_and_set_by_the_cli_flag(tmp_path, monkeypatch):
+    import llmft.pipeline
+    from llmft.cli import main
+    from llmft.config import check
+
+    assert RunConfig().budget_minutes == 0.0
+    with pytest.raises(LlmftError, match="budget_minutes must be >= 0"):
+        check(RunConfig(budget_minutes=-1))
+    seen = []
+    monkeypatch.setattr(llmft.pipeline, "run_pipeline", lambda recipe, out, sources: seen.append((recipe, sources)))
+    assert main(["run", "--out", str(tmp_path), "--recipe", "superni", "--natural-instructions", "NI",
+                 "--budget-minutes", "2.5"]) == 0
+    assert main(["run", "--out", str(tmp_path), "--recipe", "superni", "--natural-instructions", "NI"]) == 0
+    assert [r.run.budget_minutes for r, _ in seen] == [2.5, 15.0]
+    assert seen[0][1] == {"natural_instructions": ["NI"]}
