@@ -236,7 +236,7 @@ def section(results: dict, best: str | None, data: dict, info: dict, command: st
         f"Command: `{command}`  ",
         f"Date: {info['date']}  ",
         f"Machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['bf16_isa']) or 'no bf16 ISA'}), "
-        f"{info['ram_gib']:.0f} GiB RAM; {any_result['threads']} torch threads in every contender  ",
+        f"{info['ram_gib']:.0f} GiB RAM; {any_result['threads']} torch thread(s) in every contender  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + "  ",
         f"Data: the first {data['records']:,} records llmft.sources keeps from the 2,000-record Alpaca sample "
         f"({'the whole sample' if data['all'] else 'a subset; `--records all` for the full epoch'}), alpaca "
