@@ -88,35 +88,68 @@ class FakeLog:
         return result
 
 
+def fake_fit(max_steps: int, per_task: int, prepared: int) -> dict:
+    return {"budget_minutes": 10.0, "max_steps": max_steps, "eval_tasks": 2, "eval_per_task": per_task,
+            "eval_per_task_prepared": prepared, "eval_records": 2 * per_task, "load_average": [3.0, 3.0, 3.0],
+            "fit": {"steps": max_steps, "step_s": 9.0, "train_s": 9.0 * max_steps, "capped_by_epochs": False,
+                    "spent_s": 70.0, "eval_s": 120.0, "train_overhead_s": 20.0, "reserve_s": 24.0},
+            "training": {"tokens_per_s": 250.0}, "generation": {"prefill_tokens_per_s": 400.0,
+                                                               "decode_step_s": 0.2}}
+
+
 def test_fit_recipe_measures_once_then_reuses_budget_json(tmp_path, monkeypatch):
     from llmft.pipeline import Layout, load_recipe
 
     recipe = load_recipe("superni", ["budget_minutes=10"])
     layout = Layout(tmp_path)
     calls = []
-    fitted = {"budget_minutes": 10.0, "max_steps": 42, "eval_records": 160, "load_average": [3.0, 3.0, 3.0],
-              "fit": {"steps": 42, "step_s": 9.0, "train_s": 378.0, "capped_by_epochs": False, "spent_s": 70.0,
-                      "eval_s": 120.0, "train_overhead_s": 20.0, "reserve_s": 24.0},
-              "training": {"tokens_per_s": 250.0}, "generation": {"prefill_tokens_per_s": 400.0,
-                                                                 "decode_step_s": 0.2}}
 
     def fake_measure(rec, data_dir, spent_s):
         calls.append((data_dir, spent_s))
-        return fitted
+        return fake_fit(42, 20, 20)
 
     monkeypatch.setattr(budget, "measure_and_fit", fake_measure)
     log = FakeLog({"demo": {"status": "skipped", "seconds": None}, "prepare": {"status": "ran", "seconds": 6.25}})
     out = budget.fit_recipe(recipe, layout, log)
     assert calls == [(layout.data, 6.25)]
     assert out.train.max_steps == 42 and recipe.train.max_steps == 0
-    assert dataclasses.replace(out.train, max_steps=0) == recipe.train
+    assert dataclasses.replace(out.train, max_steps=0) == recipe.train and out.eval == recipe.eval
     assert (tmp_path / "budget.json").exists() and log.entries["budget"]["status"] == "ran"
-    assert log.lines == ["[budget] 10 min: 42 steps x 9.0 s (250 tokens/s) = 6.3 min of training; spent 70 s, "
-                         "evaluation of 160 records estimated 120 s (prefill 400 tokens/s, decode 0.20 s/token), "
-                         "setup 20 s, reserve 24 s; load average 3.0"]
+    assert not (tmp_path / "eval_subset.jsonl").exists()
+    assert log.lines == ["[budget] 10 min: 42 steps x 9.0 s (250 tokens/s) = 6.3 min of training; spent 70 s; "
+                         "evaluation: the first 20 of each of 2 tasks = 40 records, estimated 120 s (prefill 400 "
+                         "tokens/s, decode 0.20 s/token); setup 20 s, reserve 24 s; load average 3.0"]
 
     again = budget.fit_recipe(recipe, layout, FakeLog({}))     # a rerun: no new measurement
     assert calls == [(layout.data, 6.25)] and again.train.max_steps == 42
+
+
+def test_fit_recipe_cuts_the_evaluation_to_the_first_records_of_each_task(tmp_path, monkeypatch):
+    from llmft import io
+    from llmft.pipeline import Layout, load_recipe
+
+    layout = Layout(tmp_path)
+    rows = [{"id": f"{task}-{i}", "task": task, "instruction": "d", "input": str(i), "output": "o",
+             "source": "natural-instructions"} for task in ("a", "b") for i in range(4)]
+    io.write_jsonl(layout.data / "test.jsonl", rows)
+    monkeypatch.setattr(budget, "measure_and_fit", lambda rec, data_dir, spent_s: fake_fit(30, 2, 4))
+    log = FakeLog({})
+    out = budget.fit_recipe(load_recipe("superni"), layout, log)
+    subset = tmp_path / "eval_subset.jsonl"
+    assert out.eval.data == str(subset) and out.train.max_steps == 30
+    assert [r["id"] for r in io.read_jsonl(subset)] == ["a-0", "a-1", "b-0", "b-1"]
+    assert "evaluation: the first 2 of each of 2 tasks, cut from 4 to fit = 4 records" in log.lines[0]
+    assert budget.fit_recipe(load_recipe("superni"), layout, FakeLog({})).eval.data == str(subset)
+
+
+def test_first_per_task_and_choose_eval_size():
+    tasks = ["a", "a", "b", "a", "b", "c", "b", "a"]
+    assert budget.first_per_task(tasks, 2) == [0, 1, 2, 4, 5]
+    assert budget.first_per_task(tasks, 9) == list(range(8))
+    cost = lambda indices: 10.0 * len(indices)     # noqa: E731
+    assert budget.choose_eval_size(tasks, cost, 80) == (4, list(range(8)), 80.0)
+    assert budget.choose_eval_size(tasks, cost, 55) == (2, [0, 1, 2, 4, 5], 50.0)
+    assert budget.choose_eval_size(tasks, cost, 5) == (1, [0, 2, 5], 30.0)      # the floor: fit_steps decides
 
 
 def test_run_config_budget_minutes_validated_and_set_by_the_cli_flag(tmp_path, monkeypatch):

@@ -7,7 +7,9 @@ The budget covers preparation, training and evaluation. After `prepare`, `fit_re
    a prefill rate (tokens/s) from a few median-length eval prompts, and the decode time per new token of a full
    eval batch;
 3. estimates evaluation: every length-sorted generation batch at the full `max_new_tokens` (no early EOS assumed),
-   plus the loss pass over every eval token, for base and tuned;
+   plus the loss pass over every eval token, for base and tuned, times `EVAL_SAFETY`; when that exceeds
+   `EVAL_SHARE` of what is left, evaluation keeps fewer records per task (the first N of each, written to
+   `<out>/eval_subset.jsonl` and said in budget.json, the log and the per-task `n` of the report);
 4. gives training what is left after what was spent, the evaluation estimate, the training setup and a reserve.
 
 `train.epochs` caps the fitted steps (a fast machine does not loop over the data endlessly). The fit is saved in
@@ -21,6 +23,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,10 @@ PREFILL_PROBE_PROMPTS = 3    # median-length eval prompts timed one by one
 DECODE_PROBE_CONTEXT = 64    # prompt tokens per row of the decode probe batch
 RESERVE_FRACTION = 0.04      # of the budget: load swings, report writing, interpreter start-up
 RESERVE_MIN_S = 10.0
+EVAL_SHARE = 0.5             # evaluation gets at most this share of what is left after preparation and the probes
+EVAL_SAFETY = 1.25           # on the eval estimate: load swings on a shared machine, masked attention over padding
 FIT_FILE = "budget.json"
+SUBSET_FILE = "eval_subset.jsonl"
 
 
 # ---------------------------------------------------------------- the arithmetic (pure)
@@ -234,8 +240,8 @@ def _generate(model, ids, mask, new_tokens: int) -> float:
 
 # ---------------------------------------------------------------- the pipeline hook
 
-def eval_lengths(test_jsonl: Path, cfg: TrainConfig, eval_cfg: EvalConfig) -> tuple[list[str], list[int], list[int]]:
-    """(prompts, prompt token counts, response token counts) of the records `evaluate_run` will score."""
+def eval_inputs(test_jsonl: Path, cfg: TrainConfig, eval_cfg: EvalConfig) -> dict:
+    """Tasks, prompts, prompt and response token counts of the records `evaluate_run` would score."""
     from llmft.evaluate import load_eval_records
     from llmft.generate import encode_prompt
     from llmft.model import load_tokenizer
@@ -244,10 +250,33 @@ def eval_lengths(test_jsonl: Path, cfg: TrainConfig, eval_cfg: EvalConfig) -> tu
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     records = load_eval_records(test_jsonl, eval_cfg.limit)
     rendered = [render(r, cfg.template, tokenizer=tokenizer, k_positive=cfg.k_positive) for r in records]
-    prompts = [p for p, _ in rendered]
-    prompt_lengths = [len(encode_prompt(tokenizer, p)) for p in prompts]
-    response_lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for _, r in rendered]
-    return prompts, prompt_lengths, response_lengths
+    return {"tasks": [r.get("task", "unknown") for r in records], "prompts": [p for p, _ in rendered],
+            "prompt_lengths": [len(encode_prompt(tokenizer, p)) for p, _ in rendered],
+            "response_lengths": [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for _, r in rendered]}
+
+
+def first_per_task(tasks: list[str], n: int) -> list[int]:
+    """Indices of the first `n` records of every task, in file order (the official eval set is a task's first
+    instances, so this is a prefix of it)."""
+    seen: Counter = Counter()
+    keep = []
+    for index, task in enumerate(tasks):
+        if seen[task] < n:
+            keep.append(index)
+            seen[task] += 1
+    return keep
+
+
+def choose_eval_size(tasks: list[str], estimate, allowed_s: float) -> tuple[int, list[int], float]:
+    """The most records per task whose estimated evaluation time (`estimate(indices)`) fits `allowed_s`; one per
+    task when nothing fits (then `fit_steps` says what is missing)."""
+    most = max(Counter(tasks).values())
+    for n in range(most, 0, -1):
+        indices = first_per_task(tasks, n)
+        seconds = estimate(indices)
+        if seconds <= allowed_s or n == 1:
+            return n, indices, seconds
+    raise AssertionError("unreachable")
 
 
 def spent_seconds(stage_entries: dict) -> float:
@@ -256,52 +285,79 @@ def spent_seconds(stage_entries: dict) -> float:
 
 
 def measure_and_fit(recipe, data_dir: Path, spent_s: float) -> dict:
-    """Probe training and generation, estimate evaluation, fit the steps; everything the fit used, as a dict."""
+    """Probe training and generation, size the evaluation to at most `EVAL_SHARE` of what is left (cutting records
+    per task when needed), fit the steps to the rest; everything the fit used, as a dict."""
     started = time.perf_counter()
     budget_s = 60.0 * recipe.run.budget_minutes
     train_cfg = dataclasses.replace(recipe.train, data=str(data_dir))
     training = measure_training(train_cfg)
-    prompts, prompt_lengths, response_lengths = eval_lengths(data_dir / f"{recipe.eval.split}.jsonl", train_cfg,
-                                                             recipe.eval)
-    generation = measure_generation(train_cfg, prompts, recipe.eval.batch_size)
-    eval_s = estimate_eval_s(prompt_lengths, response_lengths, recipe.eval,
-                             prefill_tokens_per_s=generation.prefill_tokens_per_s,
-                             decode_step_s=generation.decode_step_s, load_s=generation.load_s)
+    inputs = eval_inputs(data_dir / f"{recipe.eval.split}.jsonl", train_cfg, recipe.eval)
+    generation = measure_generation(train_cfg, inputs["prompts"], recipe.eval.batch_size)
     probes_s = time.perf_counter() - started
     overhead_s = training.setup_s + 2 * training.dev_loss_s
+
+    def estimate(indices: list[int]) -> float:
+        return EVAL_SAFETY * estimate_eval_s(
+            [inputs["prompt_lengths"][i] for i in indices], [inputs["response_lengths"][i] for i in indices],
+            recipe.eval, prefill_tokens_per_s=generation.prefill_tokens_per_s,
+            decode_step_s=generation.decode_step_s, load_s=generation.load_s)
+
+    left = budget_s - spent_s - probes_s - overhead_s - reserve_seconds(budget_s)
+    per_task, indices, eval_s = choose_eval_size(inputs["tasks"], estimate, EVAL_SHARE * left)
     cap = max(1, math.ceil(recipe.train.epochs * training.steps_per_epoch))
     fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=training.step_s, eval_s=eval_s,
                     train_overhead_s=overhead_s, max_steps=cap)
+    given = max(Counter(inputs["tasks"]).values())
     return {"budget_minutes": recipe.run.budget_minutes, "max_steps": fit.steps, "fit": fit.to_dict(),
             "training": training.to_dict(), "generation": generation.to_dict(),
-            "eval_records": len(prompts), "eval_prompt_tokens": sum(prompt_lengths),
+            "eval_tasks": len(set(inputs["tasks"])), "eval_per_task": per_task, "eval_per_task_prepared": given,
+            "eval_records": len(indices), "eval_prompt_tokens": sum(inputs["prompt_lengths"][i] for i in indices),
             "probes_s": round(probes_s, 2), "load_average": [round(x, 2) for x in os.getloadavg()],
             "cpu_count": os.cpu_count()}
 
 
 def fit_recipe(recipe, layout, log):
     """The recipe with `train.max_steps` fitted to `run.budget_minutes` (measured once, then read from
-    `<out>/budget.json`); `log` is the pipeline's StageLog."""
+    `<out>/budget.json`) and, when the evaluation had to be cut, `eval.data` pointing at `<out>/eval_subset.jsonl`
+    (the first `eval_per_task` records of each task of the eval split); `log` is the pipeline's StageLog."""
     path = Path(layout.out) / FIT_FILE
+    subset = Path(layout.out) / SUBSET_FILE
     if path.exists():
         log.skip("budget", f"steps already fitted ({path})")
     else:
         spent = spent_seconds(log.entries)
         result = log.run("budget", f"fitting the training steps to {recipe.run.budget_minutes:g} min from "
                                    "measured throughput", lambda: measure_and_fit(recipe, layout.data, spent))
+        if result["eval_per_task"] < result["eval_per_task_prepared"]:
+            write_eval_subset(layout.data / f"{recipe.eval.split}.jsonl", subset, result["eval_per_task"],
+                              recipe.eval.limit)
         io.write_json(path, result)
         log.echo(describe(result))
     fitted = io.load_json(path)
-    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, max_steps=fitted["max_steps"]))
+    train = dataclasses.replace(recipe.train, max_steps=fitted["max_steps"])
+    evaluation = recipe.eval
+    if fitted["eval_per_task"] < fitted["eval_per_task_prepared"]:
+        evaluation = dataclasses.replace(recipe.eval, data=str(subset))
+    return dataclasses.replace(recipe, train=train, eval=evaluation)
+
+
+def write_eval_subset(test_jsonl: Path, out: Path, per_task: int, limit: int = 0) -> int:
+    from llmft.evaluate import load_eval_records
+
+    records = load_eval_records(test_jsonl, limit)
+    keep = first_per_task([r.get("task", "unknown") for r in records], per_task)
+    return io.write_jsonl(out, (records[i] for i in keep))
 
 
 def describe(result: dict) -> str:
     fit, training, generation = result["fit"], result["training"], result["generation"]
+    cut = (f", cut from {result['eval_per_task_prepared']} to fit"
+           if result["eval_per_task"] < result["eval_per_task_prepared"] else "")
     return (f"[budget] {result['budget_minutes']:g} min: {fit['steps']} steps x {fit['step_s']:.1f} s "
             f"({training['tokens_per_s']:.0f} tokens/s) = {fit['train_s'] / 60:.1f} min of training"
-            f"{' (capped by train.epochs)' if fit['capped_by_epochs'] else ''}; spent {fit['spent_s']:.0f} s, "
-            f"evaluation of {result['eval_records']} records estimated {fit['eval_s']:.0f} s "
+            f"{' (capped by train.epochs)' if fit['capped_by_epochs'] else ''}; spent {fit['spent_s']:.0f} s; "
+            f"evaluation: the first {result['eval_per_task']} of each of {result['eval_tasks']} tasks{cut} = "
+            f"{result['eval_records']} records, estimated {fit['eval_s']:.0f} s "
             f"(prefill {generation['prefill_tokens_per_s']:.0f} tokens/s, decode {generation['decode_step_s']:.2f} "
-            f"s/token), setup {fit['train_overhead_s']:.0f} s, reserve {fit['reserve_s']:.0f} s; "
+            f"s/token); setup {fit['train_overhead_s']:.0f} s, reserve {fit['reserve_s']:.0f} s; "
             f"load average {result['load_average'][0]:.1f}")
-
