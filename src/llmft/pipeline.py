@@ -60,10 +60,10 @@ def builtin_recipes() -> list[str]:
 def recipe_text(name_or_path: str) -> tuple[str, str]:
     """(label, YAML text) of a built-in recipe name or a YAML file path."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise LlmftError(f"{path}: no such recipe file")
+    if path.is_file():
         return str(path), path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        raise LlmftError(f"{path}: no such recipe file")
     if name_or_path not in builtin_recipes():
         raise LlmftError(f"unknown recipe {name_or_path!r}: give a YAML file or one of {', '.join(builtin_recipes())}")
     text = resources.files("llmft").joinpath("recipes", f"{name_or_path}.yaml").read_text(encoding="utf-8")
@@ -180,10 +180,9 @@ def resolve_recipe(recipe: Recipe, out: str | Path, sources: dict[str, list[str]
     paths = {key: [] for key in SOURCE_KEYS} | (sources or demo_sources(layout.raw))
     data = dataclasses.replace(recipe.data, **paths)
     train = dataclasses.replace(recipe.train, data=str(layout.data), out=str(layout.train), resume=False)
-    evaluation = dataclasses.replace(recipe.eval, data="")
-    for cfg in (data, train, evaluation):
+    for cfg in (data, train, recipe.eval):
         check(cfg)
-    return dataclasses.replace(recipe, data=data, train=train, eval=evaluation)
+    return dataclasses.replace(recipe, data=data, train=train)
 
 
 def save_or_check_recipe(recipe: Recipe, layout: Layout) -> None:
