@@ -491,8 +491,8 @@ def notes(summary: dict, evaluation: dict) -> list[str]:
     if worse:
         out.append(f"Tasks where the tuned model's ROUGE-L is below the base model's: {', '.join(sorted(worse))}.")
     if summary["demo_data"]:
-        out.append("The data is the synthetic demo set (`llmft data demo`): short, unambiguous answers, so exact "
-                   "match is meaningful; scores on the real datasets are far lower.")
+        out.append("The data is the synthetic demo set (`llmft data demo`), whose answers are short and "
+                   "unambiguous, so exact match is meaningful; it says nothing about scores on the real datasets.")
     return out
 
 
