@@ -124,3 +124,22 @@ def chunked_loss_matches(model, rtol: float = 1e-3) -> bool:
     finally:
         model.train(was_training)
     return bool(torch.allclose(chunked.float(), reference.float(), rtol=rtol, atol=1e-4))
+
+
+class CausalLMLoss(torch.nn.Module):
+    """The (PEFT-wrapped) model and its loss as one module: `forward(inputs, labels) -> (loss_sum, n_tokens)`.
+
+    Training passes this module, not the bare model, through `accelerator.prepare`, so DDP's and FSDP's forward and
+    backward hooks see the whole computation, including the chunked loss's read of lm_head's weight (FSDP only
+    gathers a sharded weight inside the wrapped forward)."""
+
+    def __init__(self, model, chunk_size: int = DEFAULT_CHUNK, chunked: bool = True):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+        self.chunked = chunked
+        # FSDP's transformer auto-wrap policy reads the decoder-layer class names from the wrapped module
+        self._no_split_modules = getattr(_causal_lm(model), "_no_split_modules", None)
+
+    def forward(self, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return model_loss_sum(self.model, inputs, labels, self.chunk_size, chunked=self.chunked)

@@ -1,12 +1,15 @@
 """`train(cfg)`: supervised fine-tuning in one plain loop on Accelerate.
 
 One optimizer step consumes G = grad_accum x world_size micro-batches of a deterministic stream (batching.Batcher);
-rank r takes micro-batches r, r + world, ... of the step. Every rank knows the trainable-token count of the whole
-step from the plan, so each micro-batch backpropagates loss_sum / N_step and one all-reduce (sum) of the gradients
-per step gives exactly the gradient of the token-weighted mean over the global batch, whatever the world size and
-however the tokens fall into micro-batches. Gradients are reduced by hand rather than through DDP because the loss
-calls the model's backbone (chunked CE over hidden states), which DDP's forward hooks would not see, and because a
-final short step can leave a rank without a micro-batch.
+rank r takes micro-batches r, r + world, ... of the step. The model and its chunked loss form one module
+(`losses.CausalLMLoss`) that goes through `accelerator.prepare`, so Accelerate's engine moves the gradients: DDP
+under torchrun / `accelerate launch` (gloo on CPU, NCCL on GPUs), FSDP under an accelerate FSDP config. Every rank
+knows the trainable-token count N of the whole step from the plan; DDP and FSDP average gradients over ranks, so each
+forward pass backpropagates loss_sum x world / N, which makes that average exactly the gradient of the token-weighted
+mean over the global batch, whatever the world size and however the tokens fall into micro-batches. Only the last
+backward of a step synchronises (`accelerator.no_sync` around the others), and every rank runs the same number of
+forward passes (a zero-weight two-token filler pass where a rank has fewer rows), because under FSDP each forward is
+a collective and under DDP a rank without a micro-batch must still join the all-reduce.
 
 Dropout randomness is reseeded from (seed, step, rank) at every step, so a resumed run draws exactly what the
 uninterrupted run drew.
@@ -25,12 +28,12 @@ import numpy as np
 import torch
 
 from llmft import io, run as runfolder
-from llmft.batching import Batcher, model_inputs, packing_is_isolated
+from llmft.batching import Batcher, collate_packed, collate_padded, model_inputs, packing_is_isolated
 from llmft.config import check, load_config, TrainConfig
 from llmft.errors import InputFormatError, LlmftError
-from llmft.losses import chunked_loss_matches, model_loss_sum
+from llmft.losses import CausalLMLoss, chunked_loss_matches
 from llmft.model import attach_adapter, load_model, load_tokenizer, resolve_model
-from llmft.tokenize import tokenize_records
+from llmft.tokenize import IGNORE_INDEX, Example, tokenize_records
 
 DEV_FRACTION = 0.05       # held out of a single JSONL file when no dev split is given
 RESUME_MAY_DIFFER = ("resume", "eval_every", "save_every", "log_every", "tensorboard", "keep_checkpoints")
@@ -131,12 +134,40 @@ def set_cpu_threads(local_world_size: int) -> int:
     return threads
 
 
+def make_accelerator():
+    """The launcher picks the engine: one process, DDP (torchrun / `accelerate launch`; gloo on CPU) or FSDP (an
+    accelerate FSDP config). Buffers (rotary tables) are the same on every rank, so DDP need not broadcast them at
+    every forward."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+
+
+def is_fsdp(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
+
+
+def check_fsdp(plugin, cfg: TrainConfig) -> None:
+    """FSDP1 must keep the original parameters: the optimizer (built before wrapping, weight decay by shape), the
+    checkpoints (by parameter name) and a LoRA model (frozen and trainable weights in one unit) depend on them."""
+    if cfg.qlora:
+        raise LlmftError("qlora cannot run under FSDP here (4-bit weights are not sharded); launch it with DDP")
+    if plugin.fsdp_version == 1 and not plugin.use_orig_params:
+        raise LlmftError("FSDP1 needs use_orig_params: set `fsdp_use_orig_params: true` in the accelerate config "
+                         "(or use fsdp_version: 2)")
+
+
 # ---------------------------------------------------------------- model
 
-def build_model(cfg: TrainConfig, device: torch.device, bf16: bool):
+def build_model(cfg: TrainConfig, device: torch.device, bf16: bool, sharded: bool = False):
     """Base weights in bf16 for LoRA when bf16 compute is on (autocast would cast them every step anyway, and the
-    adapter stays fp32); fp32 master weights for full fine-tuning."""
-    base_dtype = torch.bfloat16 if bf16 and cfg.method == "lora" else torch.float32
+    adapter stays fp32); fp32 master weights for full fine-tuning. Under FSDP (`sharded`) everything stays fp32:
+    FSDP shards and gathers a unit's parameters as one dtype, and autocast still computes in bf16."""
+    base_dtype = torch.bfloat16 if bf16 and cfg.method == "lora" and not sharded else torch.float32
     torch.manual_seed(cfg.seed)     # identical adapter init on every rank
     model = load_model(cfg.model, dtype=base_dtype, trust_remote_code=cfg.trust_remote_code,
                        load_in_4bit=cfg.qlora)
@@ -230,6 +261,24 @@ def step_micro_batches(batcher: Batcher, plan: Plan, step: int) -> list[list[int
     return out
 
 
+def rank_passes(rows_of_ranks: list[list[list[int]]], rank: int) -> list[list[int] | None]:
+    """This rank's forward passes (rows of example indices), padded with None (a filler pass) to the most rows any
+    rank has, and to at least one: under FSDP every forward is a collective, and under DDP a rank without a
+    micro-batch must still run the backward that joins the gradient all-reduce."""
+    most = max(1, max(len(rows) for rows in rows_of_ranks))
+    mine = rows_of_ranks[rank]
+    return mine + [None] * (most - len(mine))
+
+
+def filler_batch(batcher: Batcher, token_id: int) -> dict:
+    """Two tokens, one of them trainable, so the pass reaches every weight (lm_head included); its loss is
+    multiplied by 0, so it adds nothing to the gradients or the loss."""
+    example = Example(np.array([token_id, token_id], np.int32), np.array([IGNORE_INDEX, token_id], np.int32), 1, False)
+    if batcher.packing:
+        return collate_packed([example], batcher.attention, batcher.mask_dtype)
+    return collate_padded([example], batcher.pad_id)
+
+
 # ---------------------------------------------------------------- state and checkpoints
 
 @dataclass
@@ -241,14 +290,41 @@ class Progress:
     resumed_from: int | None = None
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, progress: Progress, plan: Plan, keep: int) -> Path:
+WRAPPER_PREFIX = "model."      # CausalLMLoss holds the model as `.model`
+
+
+def gathered_state(wrapped, trainable_only: bool) -> dict[str, torch.Tensor]:
+    """The model's full (unsharded) state dict on CPU, keyed like the bare model's, on the main process ({} on the
+    others under a process group). Every process must call it: under FSDP it gathers the shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    state = get_model_state_dict(wrapped, options=options)
+    return {k[len(WRAPPER_PREFIX):]: v for k, v in state.items()}
+
+
+def gathered_optimizer_state(wrapped, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(wrapped, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                 cpu_offload=True))
+
+
+def save_checkpoint(run_dir: Path, model, wrapped, optimizer, scheduler, progress: Progress, plan: Plan, keep: int,
+                    main: bool) -> Path | None:
+    """Every process calls this (gathering is collective under FSDP); the main process writes the folder.
+    `model` is the bare model inside `wrapped` (the prepared CausalLMLoss); `optimizer` the torch optimizer."""
     from safetensors.torch import save_file
 
+    weights = gathered_state(wrapped, trainable_only=True)
+    optimizer_state = gathered_optimizer_state(wrapped, optimizer)
+    if not main:
+        return None
+    names = set(trainable_parameters(model))
     folder = run_dir / "checkpoints" / f"step-{progress.step}"
     with io.atomic_dir(folder) as tmp:
-        weights = {n: p.detach().contiguous().cpu() for n, p in trainable_parameters(model).items()}
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file({n: t.contiguous() for n, t in weights.items() if n in names}, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         io.write_json(tmp / "state.json", {
@@ -267,21 +343,23 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(folders, key=lambda p: int(p.name.split("-")[1]))
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, plan: Plan) -> Progress:
+def load_checkpoint(folder: Path, model, wrapped, optimizer, scheduler, plan: Plan) -> Progress:
+    """Every process reads the folder and loads it into the prepared (possibly sharded) model and optimizer."""
     from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
 
     state = io.load_json(folder / "state.json")
     if state["micro_per_step"] != plan.micro_per_step:
         raise LlmftError(f"{folder}: saved with {state['micro_per_step']} micro-batches per step (grad_accum x "
                          f"processes); this run has {plan.micro_per_step}, so the data order would differ")
     weights = load_file(str(folder / "trainable.safetensors"))
-    params = trainable_parameters(model)
-    if set(weights) != set(params):
+    if set(weights) != set(trainable_parameters(model)):
         raise LlmftError(f"{folder}: the checkpoint's trainable weights do not match this model's")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(wrapped, {WRAPPER_PREFIX + n: t for n, t in weights.items()}, options=options)
+    set_optimizer_state_dict(wrapped, optimizer, torch.load(folder / "optimizer.pt", weights_only=True),
+                             options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
     return Progress(step=state["step"], trainable_tokens=state["trainable_tokens"], real_tokens=state["real_tokens"],
@@ -325,8 +403,6 @@ def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        from accelerate import Accelerator
-
         check(cfg)
         if cfg.qlora:
             from llmft.model import check_qlora_available
@@ -334,7 +410,9 @@ class Trainer:
             check_qlora_available()
         self.cfg = cfg
         self.started = time.perf_counter()
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.acc = make_accelerator()
+        if is_fsdp(self.acc):
+            check_fsdp(self.acc.state.fsdp_plugin, cfg)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
         self.threads = set_cpu_threads(_local_world_size()) if self.device.type == "cpu" else torch.get_num_threads()
@@ -356,7 +434,7 @@ class Trainer:
             self.train_examples, self.train_report = self._tokenize(self.data.train)
             self.dev_examples, self.dev_report = (self._tokenize(self.data.dev[: cfg.dev_limit]) if self.data.dev
                                                   else ([], None))
-        self.model = build_model(cfg, self.device, self.bf16)
+        self.model = build_model(cfg, self.device, self.bf16, sharded=is_fsdp(self.acc))
         self.model.train()
         attention = "position_ids" if not cfg.packing or packing_is_isolated(self.model) else "4d"
         self.chunked = uses_chunked_loss(self.model)
@@ -369,12 +447,19 @@ class Trainer:
                                     attention=attention, mask_dtype=mask_dtype) if self.dev_examples else None)
         self.plan = make_plan(cfg, self.batcher, self.world)
         self.params = list(trainable_parameters(self.model).values())
-        self.optimizer = make_optimizer(self.params, cfg, self.device)
-        self.scheduler = make_scheduler(self.optimizer, self.plan.total_steps, cfg.warmup_ratio)
+        self.n_params = sum(p.numel() for p in self.model.parameters())   # before FSDP shards them
+        self.filler = filler_batch(self.batcher, self.tokenizer.eos_token_id or 0)
+        # DDP/FSDP wrap the model together with its loss. FSDP2: Accelerate re-points the optimizer at the sharded
+        # parameters; FSDP1 (use_orig_params) shards the same parameter objects in place.
+        # The scheduler stays unprepared: AcceleratedScheduler would step it once per process per optimizer step.
+        self.wrapped, self.optimizer = self.acc.prepare(CausalLMLoss(self.model, chunked=self.chunked),
+                                                        make_optimizer(self.params, cfg, self.device))
+        self.scheduler = make_scheduler(self.optimizer.optimizer, self.plan.total_steps, cfg.warmup_ratio)
         self.progress = Progress()
         checkpoints = list_checkpoints(self.run_dir) if cfg.resume else []
         if checkpoints:
-            self.progress = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.scheduler, self.plan)
+            self.progress = load_checkpoint(checkpoints[-1], self.model, self.wrapped, self.optimizer.optimizer,
+                                            self.scheduler, self.plan)
         if self.acc.is_main_process:
             self._write_run_files(attention)
         self.acc.wait_for_everyone()
@@ -391,10 +476,11 @@ class Trainer:
         runfolder.write_manifest(run_dir, cfg, self.data.files, {
             "model": {"name": cfg.model, "path": resolve_model(cfg.model)},
             "device": str(self.device), "world_size": self.world, "cpu_threads": self.threads, "bf16": self.bf16,
+            "distributed": self.acc.distributed_type.value, "engine": type(self.wrapped).__name__,
             "packing_attention": attention if cfg.packing else None, "chunked_loss": self.chunked,
             "row_tokens": row_cap(cfg, self.device) if cfg.packing else None,
             "trainable_parameters": sum(p.numel() for p in self.params),
-            "total_parameters": sum(p.numel() for p in self.model.parameters()),
+            "total_parameters": self.n_params,
             "plan": vars(self.plan), "dev_origin": self.data.dev_origin,
             "tokenize": {"train": self.train_report.to_dict(),
                          "dev": self.dev_report.to_dict() if self.dev_report else None},
@@ -406,18 +492,29 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
-    def micro_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The loss sum of one row batch through the prepared model. Host-to-device copies are non-blocking (from
+        pageable memory CUDA stages them before returning), so a micro-batch never waits for the GPU queue."""
+        inputs = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                  for k, v in model_inputs(batch).items()}
         with self.autocast():
-            return model_loss_sum(self.model, model_inputs(batch, self.device), batch["labels"],
-                                  chunked=self.chunked)
+            loss_sum, _ = self.wrapped(inputs, batch["labels"].to(self.device, non_blocking=True))
+        return loss_sum
 
     def rows(self, batcher: Batcher, indices: list[int]) -> list[list[int]]:
         if not self.cfg.packing:
             return [indices]
         return split_rows(indices, batcher.lengths, row_cap(self.cfg, self.device))
 
+    def passes(self, batcher: Batcher, micro_batches: list[list[int]]) -> list[list[int] | None]:
+        """This rank's rows of `micro_batches` (rank r takes r, r + world, ...), None for a filler pass."""
+        rows_of_ranks = [[row for indices in micro_batches[r::self.world] for row in self.rows(batcher, indices)]
+                         for r in range(self.world)]
+        return rank_passes(rows_of_ranks, self.rank)
+
     def train_step(self) -> dict:
-        """Forward/backward over this rank's micro-batches of the step, one all-reduce, clip, update."""
+        """Forward/backward over this rank's rows of the step (gradients synchronised in the last backward only),
+        clip, update."""
         step = self.progress.step
         torch.manual_seed(step_seed(self.cfg.seed, step, self.rank))
         micro = step_micro_batches(self.batcher, self.plan, step)
@@ -425,13 +522,20 @@ class Trainer:
         n_step = sum(examples[i].n_trainable for mb in micro for i in mb)
         real = sum(len(examples[i]) for mb in micro for i in mb)
         loss_total = torch.zeros((), device=self.device)
-        for indices in micro[self.rank::self.world]:
-            for row in self.rows(self.batcher, indices):
-                loss_sum, _ = self.micro_loss(self.batcher.collate(row))
-                (loss_sum / n_step).backward()
+        passes = self.passes(self.batcher, micro)
+        for k, row in enumerate(passes):
+            sync = k == len(passes) - 1
+            with nullcontext() if sync else self.acc.no_sync(self.wrapped):
+                loss_sum = self.forward(self.filler if row is None else self.batcher.collate(row))
+                # DDP/FSDP average the gradients over ranks: x world / n_step turns that average into the
+                # gradient of (sum of token losses of the whole step) / (its trainable tokens on all ranks)
+                weight = 0.0 if row is None else self.world / n_step
+                self.acc.backward(loss_sum * weight)
+            if row is not None:
                 loss_total += loss_sum.detach().float()
-        loss_total = self._all_reduce_grads(loss_total)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        grad_norm = self.acc.clip_grad_norm_(self.wrapped.parameters(), self.cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):     # FSDP2: a replicated DTensor; a plain tensor for logging
+            grad_norm = grad_norm.full_tensor()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -439,36 +543,26 @@ class Trainer:
         self.progress.step += 1
         self.progress.trainable_tokens += n_step
         self.progress.real_tokens += real
+        # loss_sum: this rank's part, on the device (summed over ranks only when logged, see `step_loss`)
         return {"loss_sum": loss_total, "n": n_step, "real": real, "lr": lr, "grad_norm": grad_norm}
 
-    def _all_reduce_grads(self, loss_total: torch.Tensor) -> torch.Tensor:
-        """Sum every trainable gradient (and the loss) across processes in one flat buffer."""
-        for p in self.params:
-            if p.grad is None:          # a rank without a micro-batch in a short final step
-                p.grad = torch.zeros_like(p)
-        if self.world == 1:
-            return loss_total
-        flat = torch.cat([p.grad.reshape(-1).float() for p in self.params] + [loss_total.reshape(1)])
-        flat = self.acc.reduce(flat, reduction="sum")
-        offset = 0
-        for p in self.params:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-            offset += p.numel()
-        return flat[-1]
+    def step_loss(self, out: dict) -> float:
+        """The step's mean token loss over all ranks (a collective: every rank calls it on the same steps)."""
+        return float(self.acc.reduce(out["loss_sum"], reduction="sum")) / out["n"]
 
     @torch.no_grad()
     def dev_loss(self) -> tuple[float, int] | None:
         if self.dev_batcher is None:
             return None
-        self.model.eval()
-        total, count = torch.zeros((), device=self.device, dtype=torch.float64), 0
-        for i, indices in enumerate(self.dev_batcher.plan(0)):
-            if i % self.world == self.rank:
-                for row in self.rows(self.dev_batcher, indices):
-                    loss_sum, n = self.micro_loss(self.dev_batcher.collate(row))
-                    total += loss_sum.double()
-                    count += n
-        self.model.train()
+        self.wrapped.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = 0
+        for row in self.passes(self.dev_batcher, self.dev_batcher.plan(0)):
+            loss_sum = self.forward(self.filler if row is None else self.dev_batcher.collate(row))
+            if row is not None:
+                total += loss_sum.double()
+                count += sum(self.dev_batcher.examples[i].n_trainable for i in row)
+        self.wrapped.train()
         reduced = self.acc.reduce(torch.stack([total, torch.tensor(float(count), dtype=torch.float64,
                                                                       device=self.device)]), reduction="sum")
         return float(reduced[0] / reduced[1]), int(reduced[1])
@@ -488,7 +582,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 out = self.train_step()
                 log_now = self.progress.step % cfg.log_every == 0 or self.progress.step == plan.total_steps
-                loss = float(out["loss_sum"]) / out["n"] if log_now else None
+                loss = self.step_loss(out) if log_now else None
                 self.progress.train_seconds += time.perf_counter() - t0
                 if log_now and main:
                     self._log_step(metrics, writer, bar, loss, out)
@@ -533,9 +627,8 @@ class Trainer:
             writer.add_scalar("dev/loss", loss, self.progress.step)
 
     def _checkpoint(self) -> None:
-        if self.acc.is_main_process:
-            save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.progress, self.plan,
-                            self.cfg.keep_checkpoints)
+        save_checkpoint(self.run_dir, self.model, self.wrapped, self.optimizer.optimizer, self.scheduler,
+                        self.progress, self.plan, self.cfg.keep_checkpoints, self.acc.is_main_process)
         self.acc.wait_for_everyone()
 
     def _tensorboard(self):
@@ -545,18 +638,20 @@ class Trainer:
 
     def _finish(self) -> dict | None:
         summary = None
+        # every process takes part in gathering the weights (collective under FSDP); the main one writes them
+        state = gathered_state(self.wrapped, trainable_only=self.cfg.method == "lora")
         if self.acc.is_main_process:
-            self._save_final_model()
+            self._save_final_model(state)
             summary = self._summary()
             runfolder.plot_loss(runfolder.read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "loss.png")
             runfolder.write_summary(self.run_dir, summary)     # last: marks the run complete
         self.acc.wait_for_everyone()
         return summary
 
-    def _save_final_model(self) -> None:
+    def _save_final_model(self, state: dict[str, torch.Tensor]) -> None:
         name = "model" if self.cfg.method == "full" else "adapter"
         with io.atomic_dir(self.run_dir / name) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             if name == "model":
                 self.tokenizer.save_pretrained(tmp)
         with io.atomic_dir(self.run_dir / "tokenizer") as tmp:
