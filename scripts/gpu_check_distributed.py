@@ -42,7 +42,8 @@ def write_data(folder: Path) -> None:
 
 def run(name: str, work: Path) -> float:
     prefix, _, _, stop_and_resume = RUNS[name]
-    cfg = dict(data=str(work / "data"), out=str(work / name), model=os.environ.get("LLMFT_CHECK_MODEL", "smollm2-135m"), max_steps=4, batch_tokens=1024,
+    model = os.environ.get("LLMFT_CHECK_MODEL", "smollm2-135m")
+    cfg = dict(data=str(work / "data"), out=str(work / name), model=model, max_steps=4, batch_tokens=1024,
                max_length=256, grad_accum=2, lora_r=8, lora_alpha=16, lora_dropout=0.0, bf16="false", lr=1e-3,
                warmup_ratio=0.0, eval_every=2, save_every=0, seed=0)
     env = {**os.environ, "LLMFT_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT / "tests")}
