@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llmft.attention import VARLEN, register
 from llmft.batching import (Batcher, block_causal_mask, collate_packed, collate_padded, model_inputs, pack_plan,
                             packing_is_isolated, padded_plan)
 from llmft.errors import LlmftError
@@ -72,7 +73,11 @@ def test_collate_packed_positions_labels_and_count():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
     assert batch["labels"].tolist() == [[-100, -100, 12, 13, -100, 21, 22]]
     assert batch["n_trainable"] == 4 and batch["use_cache"] is False and "attention_mask" not in batch
-    assert set(model_inputs(batch)) == {"input_ids", "position_ids", "use_cache"}
+    assert set(model_inputs(batch)) == {"input_ids", "position_ids", "use_cache", "cu_seq_lens_q", "cu_seq_lens_k",
+                                        "max_length_q", "max_length_k"}
+    assert batch["cu_seq_lens_q"].tolist() == [0, 4, 7] and batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == batch["max_length_k"] == 4
+    assert "cu_seq_lens_q" not in collate_packed([a, b], "4d")
 
 
 def test_block_causal_mask_exact():
@@ -124,7 +129,7 @@ def tiny(arch: str, attn: str):
 
     torch.manual_seed(0)
     config = CONFIGS[arch]()
-    config._attn_implementation = attn
+    config._attn_implementation = register() if attn == VARLEN else attn
     return tf.AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -140,7 +145,7 @@ def example_loss_sums(logits: torch.Tensor, labels: torch.Tensor, lengths: list[
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", VARLEN])
 @pytest.mark.parametrize("attention", ["position_ids", "4d"])
 def test_packed_loss_equals_separate_loss(alpaca_examples, arch, attn, attention):
     model = tiny(arch, attn)

@@ -97,9 +97,18 @@ def test_gguf_conversion_matches_the_gguf_model(tmp_path, monkeypatch):
 def test_load_model_and_tokenizer_from_a_local_folder(tiny_folder, smol_tokenizer):
     model = llmft_model.load_model(str(tiny_folder), dtype="bf16")
     assert model.dtype == torch.bfloat16 and model.config.model_type == "llama"
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == "llmft_varlen"   # a verified architecture, on CPU
     tokenizer = llmft_model.load_tokenizer(str(tiny_folder))
     assert tokenizer.eos_token == smol_tokenizer.eos_token and tokenizer.pad_token is not None
+
+
+def test_attention_choice_auto_explicit_and_fallback(tiny_folder, tmp_path, smol_tokenizer):
+    assert llmft_model.load_model(str(tiny_folder), attn_implementation="eager").config._attn_implementation == "eager"
+    gpt2 = save_tiny_model(tmp_path / "gpt2", smol_tokenizer, "gpt2")
+    assert llmft_model.load_model(str(gpt2)).config._attn_implementation == "sdpa"  # not verified with varlen
+    # the implementation name is not written into a saved model's config, so other tools can load it
+    llmft_model.load_model(str(tiny_folder)).save_pretrained(tmp_path / "saved")
+    assert "llmft_varlen" not in (tmp_path / "saved" / "config.json").read_text()
 
 
 def test_load_model_refuses_pickle_weights(tmp_path, smol_tokenizer):

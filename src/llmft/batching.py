@@ -8,6 +8,9 @@ restarting at 0 for each example. No token attends to another example:
   derives the per-example causal mask from the position_ids for sdpa, eager and flex, and flash-attention uses them
   as varlen boundaries. That detection only runs when no KV cache exists, and models default to creating one
   (config.use_cache), so every batch carries `use_cache=False`: without it the examples DO attend to each other.
+  Packed batches also carry the example boundaries (`cu_seq_lens_q/k`, `max_length_q/k`): flash-attention's varlen
+  path and llmft's `attention.VARLEN` (the default for verified architectures, see model.load_model) split the row
+  there, so attention costs sum(len_i^2) with no [T, T] mask; sdpa and eager ignore them.
 - `attention="4d"`: an explicit block-diagonal causal additive mask [1, 1, T, T], for models whose own code does not
   derive the mask (remote code); not usable with flash-attention.
 `packing_is_isolated(model)` checks a model on two short sequences.
@@ -86,11 +89,22 @@ def collate_packed(examples: Sequence[Example], attention: str = "position_ids",
     batch = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
     if attention == "4d":
         batch["attention_mask"] = block_causal_mask([len(e) for e in examples], dtype)
-    elif attention != "position_ids":
+    elif attention == "position_ids":
+        batch.update(varlen_boundaries([len(e) for e in examples]))
+    else:
         raise LlmftError(f"attention must be 'position_ids' or '4d', got {attention!r}")
     batch["labels"] = labels
     batch["n_trainable"] = sum(e.n_trainable for e in examples)
     return batch
+
+
+def varlen_boundaries(lengths: Sequence[int]) -> dict:
+    """The example boundaries of a packed row as the varlen keywords transformers passes down to the attention
+    function: flash-attention's varlen path and attention.VARLEN split the row there; sdpa and eager ignore them."""
+    cu_seq_lens = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32)
+    longest = int(max(lengths))
+    return {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest,
+            "max_length_k": longest}
 
 
 def block_causal_mask(lengths: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from llmft import io
+from llmft.attention import preferred_attention
 from llmft.errors import LlmftError
 
 EMBEDDED_MODELS = {
@@ -128,11 +129,18 @@ def parse_dtype(dtype) -> torch.dtype:
     return table[dtype]
 
 
-def load_model(name: str, *, dtype=torch.float32, attn_implementation: str = "sdpa",
+def load_model(name: str, *, dtype=torch.float32, attn_implementation: str = "auto",
                trust_remote_code: bool = False, load_in_4bit: bool = False):
-    """A causal LM from safetensors only. `load_in_4bit`: NF4 base weights for QLoRA (CUDA + bitsandbytes)."""
-    from transformers import AutoModelForCausalLM
+    """A causal LM from safetensors only. `load_in_4bit`: NF4 base weights for QLoRA (CUDA + bitsandbytes).
 
+    `attn_implementation="auto"`: flash_attention_2 on CUDA with flash-attn installed, else llmft's varlen attention
+    (attention.VARLEN: packed rows cost sum(len_i^2), no mask; sdpa for everything else) on verified architectures,
+    else sdpa."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if attn_implementation == "auto":
+        config = AutoConfig.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+        attn_implementation = "sdpa" if trust_remote_code else preferred_attention(config)
     kwargs = {}
     if load_in_4bit:
         kwargs["quantization_config"] = _nf4_config(parse_dtype(dtype))
