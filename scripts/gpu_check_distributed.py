@@ -46,7 +46,8 @@ def run(name: str, work: Path) -> float:
     cfg = dict(data=str(work / "data"), out=str(work / name), model=model, max_steps=4, batch_tokens=1024,
                max_length=256, grad_accum=2, lora_r=8, lora_alpha=16, lora_dropout=0.0, bf16="false", lr=1e-3,
                warmup_ratio=0.0, eval_every=2, save_every=0, seed=0)
-    env = {**os.environ, "LLMFT_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    env = {**os.environ, "LLMFT_NO_PROGRESS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
     for options in ([{"stop_after": 2}, {}] if stop_and_resume else [{}]):
         result = subprocess.run(prefix + [str(WORKER), json.dumps(cfg), json.dumps(options)], env=env,
