@@ -144,6 +144,72 @@ def test_lora_options_reach_peft(tiny_folder):
     assert len(names) == 2 * 2 * 3  # 2 layers x (q, v) x (A, B, DoRA magnitude)
 
 
+def test_cpu_dropout_keeps_p_and_the_mean_and_is_off_in_eval():
+    dropout = llmft_model.CpuDropout(0.05).train()
+    assert dropout.threshold + 32768 == 62259 and dropout.scale == 65536 / 62259
+    x = torch.ones(1000, 1000)
+    torch.manual_seed(0)
+    y = dropout(x)
+    zero_fraction = (y == 0).float().mean().item()
+    assert abs(zero_fraction - 3277 / 65536) < 0.001           # 1e6 draws: standard error 2.2e-4
+    assert y.unique().tolist() == [0.0, torch.tensor(65536 / 62259).item()]
+    assert abs(y.mean().item() - 1.0) < 0.003
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)                          # the global generator decides: resumable
+    assert dropout(x[:3, :5]).shape == (3, 5)                  # sizes that are not a multiple of 4
+    assert torch.equal(dropout.eval()(x), x)
+
+
+def test_lora_dropout_on_cpu_is_cpu_dropout_with_the_same_p(tiny_folder):
+    model = llmft_model.attach_adapter(llmft_model.load_model(str(tiny_folder)), lora_cfg(lora_dropout=0.1))
+    dropouts = [d for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()]
+    assert len(dropouts) == 2 * 7 and all(type(d) is llmft_model.CpuDropout and d.p == 0.1 for d in dropouts)
+    assert model.peft_config["default"].lora_dropout == 0.1
+    plain = llmft_model.attach_adapter(llmft_model.load_model(str(tiny_folder)), lora_cfg(lora_dropout=0.0))
+    assert all(type(d) is torch.nn.Identity for m in plain.modules() if hasattr(m, "lora_dropout")
+               for d in m.lora_dropout.values())
+
+
+def test_lora_branch_runs_in_bf16_under_autocast_with_fp32_masters(tiny_folder):
+    """Same loss and gradients as PEFT's fp32 cast within bf16 rounding; outside autocast PEFT's cast is kept."""
+    from peft.helpers import disable_input_dtype_casting
+
+    torch.manual_seed(0)
+    model = llmft_model.attach_adapter(llmft_model.load_model(str(tiny_folder), dtype="bf16"),
+                                       lora_cfg(lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)    # a trained adapter: the branch contributes
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
+    ids = torch.randint(0, 1000, (1, 24))
+    seen = []
+    hook = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].dtype))
+
+    def loss_and_grads(autocast: bool):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    fast = loss_and_grads(True)
+    assert seen[-1] == torch.bfloat16
+    outside = loss_and_grads(False)                           # bf16 base, fp32 adapter, no autocast: no dtype error
+    assert seen[-1] == torch.float32
+    for layer in model.modules():
+        if hasattr(layer, "lora_A"):
+            layer._forward_pre_hooks.clear()
+    with disable_input_dtype_casting(model, active=False):
+        peft_default = loss_and_grads(True)
+    assert seen[-1] == torch.float32
+    hook.remove()
+    assert fast[0] == pytest.approx(peft_default[0], rel=2e-3) and outside[0] == pytest.approx(fast[0], rel=2e-2)
+    for name, grad in peft_default[1].items():
+        assert torch.nn.functional.cosine_similarity(grad.flatten(), fast[1][name].flatten(), dim=0) > 0.99, name
+
+
 def test_unknown_lora_target_is_a_clear_error(tiny_folder):
     with pytest.raises(LlmftError, match="lora_targets 'nope_proj'"):
         llmft_model.attach_adapter(llmft_model.load_model(str(tiny_folder)), lora_cfg(lora_targets="nope_proj"))

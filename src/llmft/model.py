@@ -197,9 +197,65 @@ def attach_adapter(model, cfg):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     try:
-        return get_peft_model(model, lora_config(cfg))
+        model = get_peft_model(model, lora_config(cfg))
     except ValueError as e:
         raise LlmftError(f"lora_targets {cfg.lora_targets!r}: {e}") from None
+    if not cfg.use_dora:
+        compute_lora_in_autocast_dtype(model)
+    if cfg.lora_dropout > 0 and model.device.type == "cpu":
+        use_cpu_dropout(model)
+    return model
+
+
+def _lora_layers(model):
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def _cast_input_outside_autocast(module, args):
+    module.cast_input_dtype_enabled = not torch.is_autocast_enabled(args[0].device.type)
+
+
+def compute_lora_in_autocast_dtype(model) -> None:
+    """PEFT casts each adapted linear's input to the adapter dtype (fp32) before the LoRA branch, even under bf16
+    autocast, where the matmuls then run in bf16 anyway: 7 fp32 copies of the activations per block, and dropout on
+    fp32. Under autocast the input now stays bf16 (the adapter weights stay fp32 masters, autocast casts them for the
+    matmul); outside autocast PEFT casts as before."""
+    for layer in _lora_layers(model):
+        layer.register_forward_pre_hook(_cast_input_outside_autocast)
+
+
+class CpuDropout(torch.nn.Module):
+    """Inverted dropout like nn.Dropout, with the keep probability rounded to a multiple of 2^-16 (0.95 ->
+    62259/65536, off by 3e-6) and the output scaled by its exact inverse, so it stays unbiased. Each element's
+    decision uses 16 bits of a 64-bit random word: on CPU `bernoulli_` costs one generator call per element, which
+    made LoRA dropout ~20% of a SmolLM2 LoRA step."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.threshold = int(round((1.0 - p) * 65536)) - 32768      # keep where int16 bits < threshold
+        self.scale = 65536 / (self.threshold + 32768)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        bits = words.view(torch.int16)[:n].view(x.shape)
+        return x * (bits < self.threshold).to(x.dtype).mul_(self.scale)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_cpu_dropout(model) -> None:
+    """Every LoRA branch's nn.Dropout -> CpuDropout with the same p (no weights: adapters save and load as before)."""
+    for layer in _lora_layers(model):
+        for name, dropout in layer.lora_dropout.items():
+            if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
+                layer.lora_dropout[name] = CpuDropout(dropout.p)
 
 
 # ---------------------------------------------------------------- run folders
