@@ -432,8 +432,9 @@ class Trainer:
         self.data = read_training_data(cfg)
         with self.acc.main_process_first():     # the first process fills the tokenization cache
             self.train_examples, self.train_report = self._tokenize(self.data.train)
-            self.dev_examples, self.dev_report = (self._tokenize(self.data.dev[: cfg.dev_limit]) if self.data.dev
-                                                  else ([], None))
+            # dev_limit 0: no dev evaluation (tokenizing no rows would fail)
+            self.dev_examples, self.dev_report = (self._tokenize(self.data.dev[: cfg.dev_limit])
+                                                  if self.data.dev and cfg.dev_limit else ([], None))
         self.model = build_model(cfg, self.device, self.bf16, sharded=is_fsdp(self.acc))
         self.model.train()
         attention = "position_ids" if not cfg.packing or packing_is_isolated(self.model) else "4d"
