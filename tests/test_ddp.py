@@ -149,16 +149,16 @@ def test_a_filler_pass_reaches_every_trainable_weight_and_adds_nothing(packing):
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
 
-def test_fsdp1_without_original_parameters_and_qlora_are_refused():
+def test_fsdp1_and_qlora_under_fsdp_are_refused_with_the_way_out():
     from types import SimpleNamespace
 
     from llmft.errors import LlmftError
     from llmft.train import check_fsdp
 
     cfg = TrainConfig(data="d", out="o")
-    check_fsdp(SimpleNamespace(fsdp_version=1, use_orig_params=True), cfg)
     check_fsdp(SimpleNamespace(fsdp_version=2, use_orig_params=None), cfg)
-    with pytest.raises(LlmftError, match="fsdp_use_orig_params: true"):
-        check_fsdp(SimpleNamespace(fsdp_version=1, use_orig_params=False), cfg)
+    for use_orig_params in (True, False):
+        with pytest.raises(LlmftError, match="fsdp_version: 2"):
+            check_fsdp(SimpleNamespace(fsdp_version=1, use_orig_params=use_orig_params), cfg)
     with pytest.raises(LlmftError, match="qlora cannot run under FSDP"):
         check_fsdp(SimpleNamespace(fsdp_version=2, use_orig_params=None), TrainConfig(data="d", out="o", qlora=True))

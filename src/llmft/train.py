@@ -156,9 +156,12 @@ def check_fsdp(plugin, cfg: TrainConfig) -> None:
     checkpoints (by parameter name) and a LoRA model (frozen and trainable weights in one unit) depend on them."""
     if cfg.qlora:
         raise LlmftError("qlora cannot run under FSDP here (4-bit weights are not sharded); launch it with DDP")
-    if plugin.fsdp_version == 1 and not plugin.use_orig_params:
-        raise LlmftError("FSDP1 needs use_orig_params: set `fsdp_use_orig_params: true` in the accelerate config "
-                         "(or use fsdp_version: 2)")
+    if plugin.fsdp_version == 1:
+        # scripts/gpu_check.sh on an H100 (torch 2.11, accelerate 1.15, peft 0.21, use_orig_params=True): the first
+        # FSDP1 forward of a LoRA model failed in FSDP's post-forward reshard ("as_params=True type(prim_param)=
+        # <class 'torch.Tensor'>"). Refuse it up front rather than deep inside torch; FSDP2 is the supported path.
+        raise LlmftError("FSDP1 is not supported by llmft's loop (it failed our GPU check); set `fsdp_version: 2` "
+                         "in the accelerate config (or launch with `accelerate launch --use_fsdp --fsdp_version 2`)")
 
 
 # ---------------------------------------------------------------- model
