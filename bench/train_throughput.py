@@ -66,8 +66,7 @@ def write_data(work: Path, alpaca: Path, n_records: int | None) -> dict:
             rejects += 1
     (work / "llmft-data").mkdir(parents=True, exist_ok=True)
     io.write_jsonl(work / "llmft-data" / "train.jsonl", records)
-    # A dev file stops llmft from holding 5% of train.jsonl out; dev_limit=1 keeps its two evaluations (before the
-    # first and after the last step) to one example each (dev_limit=0 fails in train.py: no example to tokenize).
+    # A dev file stops llmft from holding 5% of train.jsonl out; dev_limit=0 then skips dev evaluation entirely.
     io.write_jsonl(work / "llmft-data" / "dev.jsonl", records[:1])
     pairs = [dict(zip(("prompt", "completion"), render(r, "alpaca"))) for r in records]
     io.write_jsonl(work / "trl-prompt-completion.jsonl", pairs)
@@ -92,7 +91,7 @@ def run_llmft(work: Path, threads: int) -> dict:
                       lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       lora_targets="all-linear", template="alpaca", max_length=MAX_LENGTH, packing=True,
                       batch_tokens=SEQUENCES_PER_STEP * MAX_LENGTH, grad_accum=1, epochs=1.0, lr=LR,
-                      warmup_ratio=WARMUP, bf16="true", eval_every=0, save_every=0, dev_limit=1, seed=SEED)
+                      warmup_ratio=WARMUP, bf16="true", eval_every=0, save_every=0, dev_limit=0, seed=SEED)
     trainer = Trainer(cfg)
     trainer.setup()
     import torch

@@ -295,3 +295,12 @@ def test_rows_of_a_packed_micro_batch_give_the_loss_of_one_long_row(tmp_path, da
         assert a.get("trainable_tokens") == b.get("trainable_tokens")
         key = "loss" if "loss" in a else "dev_loss"
         assert a[key] == pytest.approx(b[key], abs=1e-5)
+
+
+def test_dev_limit_zero_skips_dev_evaluation_even_with_a_dev_file(tmp_path, data_dir, llama_base):
+    run = tmp_path / "run"
+    summary = train(make_cfg(data_dir, run, llama_base, max_steps=2, eval_every=1, dev_limit=0))
+    rows = metrics(run)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert not [r for r in rows if "dev_loss" in r]
+    assert summary["steps"] == 2 and summary["final_dev_loss"] is None
