@@ -202,12 +202,16 @@ def test_superni_recipe_end_to_end_within_budget(raw_dir, tmp_path):
     assert summary["data"]["splits"]["test"] == 9
     assert summary["held_out_tasks"]["tasks"] == sorted(test_tasks) and summary["seen_tasks"]["tasks"] == []
     assert set(summary["stages"]) == {"demo", "prepare", "budget", "train", "eval"}
+    per_task = fit["eval_per_task"]             # the first N of each test task that the budget left room for
+    assert fit["eval_per_task_prepared"] == 3 and 1 <= per_task <= 3 and fit["eval_records"] == 3 * per_task
+    assert (out / "eval_subset.jsonl").exists() == (per_task < 3)
     evaluation = json.loads((out / "train" / "eval.json").read_text())
+    assert evaluation["base"]["n"] == evaluation["tuned"]["n"] == 3 * per_task
     assert set(evaluation["base"]["per_task"]) == set(evaluation["tuned"]["per_task"]) == set(test_tasks)
     report = (out / "report.md").read_text()
     assert "| task | n | rougeL base | rougeL tuned |" in report
     for task in test_tasks:
-        row = next(line for line in report.splitlines() if line.startswith(f"| {task} | 3 |"))
+        row = next(line for line in report.splitlines() if line.startswith(f"| {task} | {per_task} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[2]) == round(evaluation["base"]["per_task"][task]["rougeL"], 2) and float(cells[3]) == \
             round(evaluation["tuned"]["per_task"][task]["rougeL"], 2)
