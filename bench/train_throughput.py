@@ -6,7 +6,7 @@
 
 The work: the embedded SmolLM2-135M (`llmft.model.resolve_model("smollm2-135m")`), the first N records that
 `llmft.sources` keeps from the Alpaca sample, rendered with the alpaca template by `llmft.prompts.render` (TRL gets
-them as a prompt-completion dataset, completion-only loss), LoRA r=16 alpha=32 dropout 0.05 on all linear layers,
+them as a prompt-completion dataset, completion-only loss), LoRA r=16 alpha=32 dropout 0.0 (`--lora-dropout`) on all linear layers,
 bf16 (base weights in bf16, adapters fp32, autocast), max length 512, one epoch, AdamW lr 2e-4 cosine, 3% warm-up.
 
 Batches: llmft packs examples into micro-batches of at most 4,096 tokens (batch_tokens=4096 = 8 x max_length; on
@@ -43,7 +43,7 @@ DEFAULT_RECORDS = 400
 MODEL = "smollm2-135m"
 MAX_LENGTH = 512
 SEQUENCES_PER_STEP = 8
-LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}   # dropout: --lora-dropout (default: PEFT's and llmft's 0.0)
 LR, WARMUP, SEED = 2e-4, 0.03, 0
 
 
@@ -185,7 +185,8 @@ def run_contender(name: str, work: Path, threads: int, args) -> dict:
     result_file = work / f"{name}.json"
     result_file.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--child", name, "--work", str(work), "--result", str(result_file),
-           "--threads", str(threads), f"--trl-grad-checkpointing={str(args.trl_grad_checkpointing).lower()}"]
+           "--threads", str(threads), f"--trl-grad-checkpointing={str(args.trl_grad_checkpointing).lower()}",
+           f"--lora-dropout={args.lora_dropout}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     print(f"--- {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, env=env, timeout=args.timeout or None)
@@ -268,6 +269,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--trl-grad-checkpointing", default="true", choices=("true", "false"),
                         help="TRL's SFTConfig default is true")
+    parser.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
+                        help="LoRA dropout for every contender (0.0 = the PEFT and llmft default)")
     parser.add_argument("--timeout", type=float, default=0, help="seconds per contender (0: none)")
     parser.add_argument("--note", default="", help="a remark for BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
@@ -276,6 +279,7 @@ def main() -> None:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.trl_grad_checkpointing = args.trl_grad_checkpointing == "true"
+    LORA["dropout"] = args.lora_dropout
     if args.child:
         child_main(args)
         return
