@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -87,6 +88,7 @@ def run_llmft(work: Path, threads: int) -> dict:
     from llmft.train import Trainer, row_cap
 
     info = child_start(threads)
+    shutil.rmtree(work / "llmft-run", ignore_errors=True)   # a fresh run each invocation, never a resume
     cfg = TrainConfig(data=str(work / "llmft-data"), out=str(work / "llmft-run"), model=MODEL, method="lora",
                       lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       lora_targets="all-linear", template="alpaca", max_length=MAX_LENGTH, packing=True,
