@@ -78,7 +78,8 @@ def test_gguf_conversion_matches_the_gguf_model(tmp_path, monkeypatch):
         "tokenizer.json", "tokenizer_config.json"]
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "float32"
-    converted = llmft_model.load_model("smollm2-135m").eval()
+    # the same attention kernel as the GGUF model below, so the comparison can be exact
+    converted = llmft_model.load_model("smollm2-135m", attn_implementation="sdpa").eval()
     assert getattr(converted, "hf_quantizer", None) is None
     tokenizer = llmft_model.load_tokenizer("smollm2-135m")
     assert tokenizer.eos_token == "<|im_end|>" and converted.generation_config.eos_token_id == 2
