@@ -167,3 +167,40 @@ def test_run_config_budget_minutes_validated_and_set_by_the_cli_flag(tmp_path, m
     assert main(["run", "--out", str(tmp_path), "--recipe", "superni", "--natural-instructions", "NI"]) == 0
     assert [r.run.budget_minutes for r, _ in seen] == [2.5, 15.0]
     assert seen[0][1] == {"natural_instructions": ["NI"]}
+
+
+# ---------------------------------------------------------------- the probes, on a tiny random model
+
+def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tokenizer):
+    from llmft import io
+    from llmft.config import DataConfig, TrainConfig
+    from llmft.generate import encode_prompt
+    from llmft.prompts import render
+    from llmft.records import Record
+    from llmft.sources import natural_instructions
+    from tiny_models import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny", smol_tokenizer)
+    task = raw_dir / "natural_instructions" / "tasks" / "task1319_country_by_barcode_prefix.json"
+    records = [r.to_dict() for r in natural_instructions.read(task, DataConfig()) if isinstance(r, Record)][:24]
+    io.write_jsonl(tmp_path / "data" / "train.jsonl", records[:20])
+    io.write_jsonl(tmp_path / "data" / "dev.jsonl", records[20:])
+    cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "unused"), model=str(model),
+                      template="superni", k_positive=2, max_length=256, batch_tokens=256, lora_r=4, lora_alpha=8)
+
+    training = budget.measure_training(cfg)
+    assert training.step_s > 0 and training.setup_s > 0 and training.dev_loss_s > 0 and training.tokens_per_s > 0
+    from llmft.batching import Batcher
+    from llmft.tokenize import tokenize_records
+
+    examples, _ = tokenize_records(records[:20], smol_tokenizer, template="superni", max_length=256, k_positive=2)
+    packed = Batcher(examples, packing=True, batch_tokens=256, seed=0, pad_id=smol_tokenizer.pad_token_id)
+    assert training.steps_per_epoch == len(packed) > 1                     # grad_accum 1, one process
+    assert not (tmp_path / "unused").exists()                              # the probe trained in a temporary folder
+
+    prompts = [render(r, "superni", k_positive=2)[0] for r in records[:7]]
+    generation = budget.measure_generation(cfg, prompts, batch_size=4)
+    lengths = [len(encode_prompt(smol_tokenizer, p)) for p in prompts]
+    assert generation.decode_probe_batch == 4
+    assert generation.prefill_probe_tokens == sum(lengths[i] for i in budget.median_prompts(lengths, 3))
+    assert generation.prefill_tokens_per_s > 0 and generation.decode_step_s >= 0
