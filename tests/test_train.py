@@ -304,3 +304,13 @@ def test_dev_limit_zero_skips_dev_evaluation_even_with_a_dev_file(tmp_path, data
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     assert not [r for r in rows if "dev_loss" in r]
     assert summary["steps"] == 2 and summary["final_dev_loss"] is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists() or "glibc" not in " ".join(__import__("platform").libc_ver()),
+                    reason="glibc only")
+def test_cpu_allocator_settings_are_accepted_by_glibc():
+    from llmft import train as train_module
+
+    assert train_module.keep_freed_memory_in_heap() is True
+    # mallopt takes a C int: a value past 2^31 would be truncated (4 GiB -> 0) and still "succeed"
+    assert train_module.MMAP_THRESHOLD_MAX < 2**31

@@ -193,6 +193,8 @@ def attach_adapter(model, cfg):
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    from llmft.fused_lora import fuse_lora_layers
+
     if cfg.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -202,6 +204,7 @@ def attach_adapter(model, cfg):
         raise LlmftError(f"lora_targets {cfg.lora_targets!r}: {e}") from None
     if not cfg.use_dora:
         compute_lora_in_autocast_dtype(model)
+        fuse_lora_layers(model)
     if cfg.lora_dropout > 0 and model.device.type == "cpu":
         use_cpu_dropout(model)
     return model

@@ -134,6 +134,28 @@ def set_cpu_threads(local_world_size: int) -> int:
     return threads
 
 
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+MMAP_THRESHOLD_MAX = 32 << 20     # glibc's ceiling on 64-bit
+
+
+def keep_freed_memory_in_heap() -> bool:
+    """glibc serves every allocation above its mmap threshold with a fresh mmap and unmaps it on free, so each
+    activation tensor of a training step is page-faulted in from zeroed pages again (~9% of a SmolLM2 CPU step was
+    system time). Raising the mmap threshold to its maximum, trimming the heap only above 2 GiB and growing it 256 MiB
+    at a time lets freed blocks be reused: +9% tokens/s in bench/train_throughput.py (of which ~3% the top pad) for no
+    measurable peak RSS. Process-wide, so only the trainer on CPU calls it; False where the C library is not glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]     # values above 2^31 would be truncated silently
+    return all(mallopt(option, value) == 1 for option, value in
+               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 256 << 20)))
+
+
 def make_accelerator():
     """The launcher picks the engine: one process, DDP (torchrun / `accelerate launch`; gloo on CPU) or FSDP (an
     accelerate FSDP config). Buffers (rotary tables) are the same on every rank, so DDP need not broadcast them at
@@ -419,6 +441,8 @@ class Trainer:
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
         self.threads = set_cpu_threads(_local_world_size()) if self.device.type == "cpu" else torch.get_num_threads()
+        if self.device.type == "cpu":
+            keep_freed_memory_in_heap()
         self.bf16 = resolve_bf16(cfg.bf16, self.device)
         self.run_dir = Path(cfg.out)
         if self.acc.is_main_process:

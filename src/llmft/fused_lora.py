@@ -1,0 +1,98 @@
+"""One autograd node for a LoRA linear layer: y = x W^T + b + s (x A^T) B^T, with hand-written backward.
+
+PEFT's `lora.Linear.forward` runs the base layer, then `lora_B(lora_A(x)) * scaling`, then adds the two: two extra
+passes over the [tokens, out] output in the forward (scale, add) and two in the backward (the scale's gradient, the
+sum of the two input gradients), plus a dozen small autograd nodes per layer. Here the scaling is applied to the
+rank-r activations instead ([tokens, r], negligible), the LoRA product is accumulated into the base output by the
+matmul itself (`addmm_`), and the input gradient of both paths is accumulated the same way. Same math, same saved
+tensors (x, and the rank-r activations), no [tokens, out] temporaries.
+
+`FusedLoraLinear` is a subclass of PEFT's `lora.Linear` that takes this path when it applies (one active vanilla
+adapter, not merged, adapters enabled, no dropout, a plain nn.Linear base, no per-call adapter_names) and PEFT's own
+forward otherwise; `fuse_lora_layers(model)` switches the class of every such layer in place, so saving, loading,
+merging and `disable_adapter()` stay PEFT's.
+"""
+from __future__ import annotations
+
+import torch
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+
+class _LoraLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
+        flat = x.reshape(-1, x.shape[-1])
+        down = (flat @ lora_a.t()).mul_(scaling)                     # [tokens, r], scaled once here
+        out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
+        out.addmm_(down, lora_b.t())
+        ctx.save_for_backward(flat, weight, lora_a, lora_b, down)
+        ctx.scaling = scaling
+        ctx.has_bias = bias is not None
+        ctx.x_shape = x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        flat, weight, lora_a, lora_b, down = ctx.saved_tensors
+        grad = grad_out.reshape(-1, grad_out.shape[-1])
+        need_x, need_w, need_b, need_a, need_lb, _ = ctx.needs_input_grad
+        grad_down = (grad @ lora_b).mul_(ctx.scaling)                # d loss / d (x A^T)
+        grad_x = grad_w = grad_bias = grad_a = grad_lb = None
+        if need_x:
+            grad_x = (grad @ weight).addmm_(grad_down, lora_a).view(ctx.x_shape)
+        if need_w:
+            grad_w = grad.t() @ flat
+        if need_b and ctx.has_bias:
+            grad_bias = grad.sum(0)
+        if need_a:
+            grad_a = grad_down.t() @ flat
+        if need_lb:
+            grad_lb = grad.t() @ down
+        return grad_x, grad_w, grad_bias, grad_a, grad_lb, None
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float) -> torch.Tensor:
+    """x W^T + b + scaling * (x A^T) B^T in the autocast dtype (else x's dtype); gradients flow to every input that
+    requires them, in its own dtype (the casts are ordinary autograd ops)."""
+    dtype = _compute_dtype(x)
+    cast = [t if t is None or t.dtype == dtype else t.to(dtype) for t in (x, weight, bias, lora_a, lora_b)]
+    with torch.autocast(x.device.type, enabled=False):
+        return _LoraLinearFn.apply(*cast, float(scaling))
+
+
+class FusedLoraLinear(PeftLoraLinear):
+    """PEFT's LoRA linear with `lora_linear` as the forward where it applies (see the module docstring)."""
+
+    def _fused_adapter(self, args, kwargs) -> str | None:
+        if args or kwargs or self.disable_adapters or self.merged or type(self.base_layer) is not torch.nn.Linear:
+            return None
+        active = [name for name in self.active_adapters if name in self.lora_A]
+        if len(active) != 1 or active[0] in self.lora_variant:
+            return None
+        dropout = self.lora_dropout[active[0]]
+        if not isinstance(dropout, torch.nn.Identity) and not (getattr(dropout, "p", None) == 0 or not self.training):
+            return None
+        return active[0]
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = self._fused_adapter(args, kwargs)
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        base = self.base_layer
+        return lora_linear(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                           self.scaling[name])
+
+
+def fuse_lora_layers(model) -> int:
+    """Switch every PEFT `lora.Linear` (exactly that class) in `model` to `FusedLoraLinear`; returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module) is PeftLoraLinear:
+            module.__class__ = FusedLoraLinear
+            count += 1
+    return count
