@@ -37,6 +37,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
+# The environment as the user started this script, before llmft (imported for the data) sets its OpenMP defaults:
+# every contender starts from it, so TRL runs as a TRL user's process would and llmft applies its own defaults.
+USER_ENV = dict(os.environ)
 SECTION = "## Training throughput"
 ALPACA = _common.REPO.parent / "shared" / "fixtures" / "raw" / "alpaca" / "alpaca_data.json"
 CONTENDERS = ("llmft", "trl-padding", "trl-packing")
@@ -83,7 +86,7 @@ def child_start(threads: int) -> dict:
     return {"threads": threads, "load_start": _common.loadavg(), "bf16_gflops": _common.matmul_gflops()}
 
 
-def run_llmft(work: Path, threads: int) -> dict:
+def run_llmft(work: Path, threads: int, row_tokens: int = 0) -> dict:
     from llmft.config import TrainConfig
     from llmft.train import Trainer, row_cap
 
@@ -93,7 +96,8 @@ def run_llmft(work: Path, threads: int) -> dict:
                       lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       lora_targets="all-linear", template="alpaca", max_length=MAX_LENGTH, packing=True,
                       batch_tokens=SEQUENCES_PER_STEP * MAX_LENGTH, grad_accum=1, epochs=1.0, lr=LR,
-                      warmup_ratio=WARMUP, bf16="true", eval_every=0, save_every=0, dev_limit=0, seed=SEED)
+                      warmup_ratio=WARMUP, bf16="true", eval_every=0, save_every=0, dev_limit=0, seed=SEED,
+                      row_tokens=row_tokens)
     trainer = Trainer(cfg)
     trainer.setup()
     import torch
@@ -173,7 +177,7 @@ def child_main(args) -> None:
     os.environ.setdefault("LLMFT_NO_PROGRESS", "1")
     work, start = Path(args.work), time.perf_counter()
     if args.child == "llmft":
-        result = run_llmft(work, args.threads)
+        result = run_llmft(work, args.threads, args.row_tokens)
     else:
         result = run_trl(work, args.threads, packing=args.child == "trl-packing",
                          grad_checkpointing=args.trl_grad_checkpointing)
@@ -188,8 +192,8 @@ def run_contender(name: str, work: Path, threads: int, args) -> dict:
     result_file.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--child", name, "--work", str(work), "--result", str(result_file),
            "--threads", str(threads), f"--trl-grad-checkpointing={str(args.trl_grad_checkpointing).lower()}",
-           f"--lora-dropout={args.lora_dropout}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+           f"--lora-dropout={args.lora_dropout}", f"--row-tokens={args.row_tokens}"]
+    env = {**USER_ENV, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     print(f"--- {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, env=env, timeout=args.timeout or None)
     if proc.returncode != 0 or not result_file.exists():
@@ -273,6 +277,8 @@ def main() -> None:
                         help="TRL's SFTConfig default is true")
     parser.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
                         help="LoRA dropout for every contender (0.0 = the PEFT and llmft default)")
+    parser.add_argument("--row-tokens", type=int, default=0,
+                        help="llmft: tokens per forward pass of a packed micro-batch (0: llmft's default)")
     parser.add_argument("--timeout", type=float, default=0, help="seconds per contender (0: none)")
     parser.add_argument("--note", default="", help="a remark for BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")

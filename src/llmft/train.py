@@ -122,16 +122,29 @@ def resolve_bf16(setting: str, device: torch.device) -> bool:
 
 
 def set_cpu_threads(local_world_size: int) -> int:
-    """One thread per physical core (hyper-threads slow GEMMs down), shared among the processes of this machine;
-    an explicit OMP_NUM_THREADS wins (on a busy machine fewer threads than cores avoids OpenMP barrier stalls)."""
+    """One thread per physical core (hyper-threads slow GEMMs down), shared among the processes of this machine, less
+    the cores other processes keep busy right now; an explicit OMP_NUM_THREADS wins.
+
+    Why the busy cores: an OpenMP thread that shares its core with another process stalls every parallel region
+    (hundreds of thousands per step). SmolLM2 LoRA on 2 cores next to one busy process: 2 threads 132 real tokens/s
+    (30 with libgomp's default spin count), 1 thread 296; on the quiet machine 2 threads give ~410."""
     import psutil
 
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     threads = max(1, cores // max(1, local_world_size))
+    if local_world_size == 1:          # sibling ranks starting up would count as busy
+        threads = max(1, threads - busy_cores())
     torch.set_num_threads(threads)
     return threads
+
+
+def busy_cores(interval_s: float = 0.3) -> int:
+    """Cores kept busy by other processes over `interval_s` (this process sleeps meanwhile)."""
+    import psutil
+
+    return int(psutil.cpu_percent(interval=interval_s) * (psutil.cpu_count() or 1) / 100 + 0.5)
 
 
 # glibc mallopt parameters (malloc.h)
