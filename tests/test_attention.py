@@ -146,3 +146,27 @@ def test_which_models_get_varlen():
         assert preferred_attention(CONFIGS["llama"]()) == VARLEN
         assert preferred_attention(CONFIGS["gpt2"]()) == "sdpa"
     assert uses_varlen(tiny("llama", VARLEN)) and not uses_varlen(tiny("llama", "sdpa"))
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_short_example_attention_equals_sdpa_with_grouped_heads(dtype, tolerance):
+    """The matmul path for short examples: same outputs and gradients as sdpa's causal math kernel (bf16: the
+    products are rounded to bf16 before the fp32 softmax, as in the flash kernel; 2e-2 is ~2 bf16 ulps of O(1))."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from llmft.attention import _short_causal_attention
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 6, 37, 16, dtype=dtype, requires_grad=True)
+    k = torch.randn(1, 2, 37, 16, dtype=dtype, requires_grad=True)
+    v = torch.randn(1, 2, 37, 16, dtype=dtype, requires_grad=True)
+    grad = torch.randn(1, 6, 37, 16, dtype=dtype)
+    ours = _short_causal_attention(q, k, v, 0.3)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+    with sdpa_kernel(SDPBackend.MATH):
+        reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3, is_causal=True,
+                                                                     enable_gqa=True)
+    reference_grads = torch.autograd.grad(reference, (q, k, v), grad)
+    assert ours.dtype == dtype and ours.shape == reference.shape
+    for mine, theirs in zip((ours, *ours_grads), (reference, *reference_grads)):
+        torch.testing.assert_close(mine.float(), theirs.float(), rtol=tolerance, atol=tolerance)

