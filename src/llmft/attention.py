@@ -110,7 +110,9 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
         # split, not slices: the backward of n slices fills and sums n zero tensors of the whole row (per q, k, v
         # and layer); split's backward is one concatenation (SmolLM2 shapes, 9 examples in a row: 1.37x faster)
         lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-        parts = [_attend_segment(qs, ks, vs, dropout, scaling, window, gqa)
+        if gqa and q.device.type == "cpu":     # one copy of the shared key/value heads per row, not per example
+            k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+        parts = [_attend_segment(qs, ks, vs, dropout, scaling, window, gqa and k.shape[1] != q.shape[1])
                  for qs, ks, vs in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))]
         rows.append(torch.cat(parts, dim=2))
     out = rows[0] if batch == 1 else torch.cat(rows, dim=0)

@@ -76,7 +76,7 @@ class TrainConfig:
     max_length: int = 512
     packing: bool = True                    # else length-grouped padded batches
     batch_tokens: int = 4096                # token budget per micro-batch (packing)
-    row_tokens: int = 0                     # packing: rows of at most this per forward (0: max_length on CPU, one row on GPU)
+    row_tokens: int = 0                     # packing: rows of at most this per forward (0: 1024 or max_length on CPU, one row on GPU)
     batch_size: int = 8                     # examples per micro-batch (no packing)
     grad_accum: int = 1
     max_steps: int = 0                      # 0: use epochs

@@ -267,14 +267,21 @@ def make_plan(cfg: TrainConfig, batcher: Batcher, world_size: int) -> Plan:
     return Plan(per_step, per_epoch, total)
 
 
+CPU_ROW_TOKENS = 1024
+
+
 def row_cap(cfg: TrainConfig, device: torch.device) -> int:
-    """Tokens per forward pass of a packed micro-batch. On CPU, attention over a packed row costs the square of its
-    length (the block-diagonal mask is applied, not skipped), so 4,096 tokens as rows of 512 instead of one row cut
-    a SmolLM2-135M step ~2.5x. On a GPU many small forwards are launch-bound: one row of 4,096 ran 10x faster than
-    eight of 512 on an H200 (15.7k vs 1.6k tokens/s), so there a micro-batch stays one row."""
+    """Tokens per forward pass of a packed micro-batch. On a GPU many small forwards are launch-bound: one row of
+    4,096 ran 10x faster than eight of 512 on an H200 (15.7k vs 1.6k tokens/s), so there a micro-batch stays one row.
+    On CPU, attention costs the sum of the examples' squares either way (llmft_varlen), and longer rows amortise
+    per-operation overhead, but activation memory grows with the row: SmolLM2-135M LoRA, 2 threads, rows of 512 /
+    1,024 / 2,048 tokens: 429 / 473 / 558 real tokens/s at 2.2 / 2.8 / 3.8 GB peak RSS (bench/train_throughput.py
+    --row-tokens). 1,024 (or max_length when longer) keeps well under half of TRL's memory."""
     if cfg.row_tokens:
         return cfg.row_tokens
-    return cfg.max_length if device.type == "cpu" else cfg.batch_tokens
+    if device.type != "cpu":
+        return cfg.batch_tokens
+    return max(cfg.max_length, min(cfg.batch_tokens, CPU_ROW_TOKENS))
 
 
 def split_rows(indices: list[int], lengths, row_tokens: int) -> list[list[int]]:
