@@ -18,37 +18,43 @@ import torch
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
 
+def lora_forward(flat, weight, bias, lora_a, lora_b, scaling: float):
+    """(flat W^T + b + s (flat A^T) B^T, the scaled rank-r activations s flat A^T) for 2-D `flat`."""
+    down = (flat @ lora_a.t()).mul_(scaling)
+    out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
+    return out.addmm_(down, lora_b.t()), down
+
+
+def lora_backward(grad, flat, weight, lora_a, lora_b, down, scaling: float, needs) -> tuple:
+    """Gradients (input, weight, bias, A, B) of `lora_forward` for output gradient `grad`; None where `needs` (five
+    booleans in that order) says no."""
+    need_x, need_w, need_b, need_a, need_lb = needs
+    grad_down = (grad @ lora_b).mul_(scaling)                    # d loss / d (flat A^T)
+    grad_x = (grad @ weight).addmm_(grad_down, lora_a) if need_x else None
+    grad_w = grad.t() @ flat if need_w else None
+    grad_bias = grad.sum(0) if need_b else None
+    grad_a = grad_down.t() @ flat if need_a else None
+    grad_lb = grad.t() @ down if need_lb else None
+    return grad_x, grad_w, grad_bias, grad_a, grad_lb
+
+
 class _LoraLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
         flat = x.reshape(-1, x.shape[-1])
-        down = (flat @ lora_a.t()).mul_(scaling)                     # [tokens, r], scaled once here
-        out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
-        out.addmm_(down, lora_b.t())
+        out, down = lora_forward(flat, weight, bias, lora_a, lora_b, scaling)
         ctx.save_for_backward(flat, weight, lora_a, lora_b, down)
-        ctx.scaling = scaling
-        ctx.has_bias = bias is not None
-        ctx.x_shape = x.shape
+        ctx.scaling, ctx.has_bias, ctx.x_shape = scaling, bias is not None, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
         flat, weight, lora_a, lora_b, down = ctx.saved_tensors
-        grad = grad_out.reshape(-1, grad_out.shape[-1])
-        need_x, need_w, need_b, need_a, need_lb, _ = ctx.needs_input_grad
-        grad_down = (grad @ lora_b).mul_(ctx.scaling)                # d loss / d (x A^T)
-        grad_x = grad_w = grad_bias = grad_a = grad_lb = None
-        if need_x:
-            grad_x = (grad @ weight).addmm_(grad_down, lora_a).view(ctx.x_shape)
-        if need_w:
-            grad_w = grad.t() @ flat
-        if need_b and ctx.has_bias:
-            grad_bias = grad.sum(0)
-        if need_a:
-            grad_a = grad_down.t() @ flat
-        if need_lb:
-            grad_lb = grad.t() @ down
-        return grad_x, grad_w, grad_bias, grad_a, grad_lb, None
+        needs = list(ctx.needs_input_grad[:5])
+        needs[2] = needs[2] and ctx.has_bias
+        grad_x, *rest = lora_backward(grad_out.reshape(-1, grad_out.shape[-1]), flat, weight, lora_a, lora_b, down,
+                                      ctx.scaling, needs)
+        return (grad_x.view(ctx.x_shape) if grad_x is not None else None), *rest, None
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -31,6 +31,7 @@ from llmft import io, run as runfolder
 from llmft.batching import Batcher, collate_packed, collate_padded, model_inputs, packing_is_isolated
 from llmft.config import check, load_config, TrainConfig
 from llmft.errors import InputFormatError, LlmftError
+from llmft.lean_blocks import lean_decoder_blocks
 from llmft.losses import CausalLMLoss, chunked_loss_matches
 from llmft.model import attach_adapter, load_model, load_tokenizer, resolve_model
 from llmft.tokenize import IGNORE_INDEX, Example, tokenize_records
@@ -213,6 +214,7 @@ def build_model(cfg: TrainConfig, device: torch.device, bf16: bool, sharded: boo
         model.to(device)
     model.config.use_cache = False
     model = attach_adapter(model, cfg)
+    lean_decoder_blocks(model)      # keeps fewer activations for the backward (same values)
     if cfg.grad_checkpointing:
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
