@@ -96,7 +96,7 @@ def test_demo_recipe_values():
     assert recipe.name == "demo"
     assert recipe.run.demo_instances == 40
     assert (recipe.data.split, recipe.data.test_ratio, recipe.data.test_instances_per_task) == ("tasks", 0.1, 5)
-    assert (recipe.train.model, recipe.train.method, recipe.train.max_steps) == ("smollm2-135m", "lora", 60)
+    assert (recipe.train.model, recipe.train.method, recipe.train.max_steps) == ("smollm2-135m", "lora", 120)
     assert (recipe.eval.split, recipe.eval.max_new_tokens) == ("test", 24)
     assert "demo" in pipeline.builtin_recipes()
 
@@ -161,7 +161,7 @@ def test_stages_run_in_order_with_the_resolved_paths(tmp_path):
     out = tmp_path / "run"
     assert fakes.calls == ["demo", "prepare", "train", "evaluate"]
     cfg = fakes.train_cfgs[0]
-    assert (cfg.data, cfg.out, cfg.resume, cfg.max_steps) == (str(out / "data"), str(out / "train"), False, 60)
+    assert (cfg.data, cfg.out, cfg.resume, cfg.max_steps) == (str(out / "data"), str(out / "train"), False, 120)
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert saved["recipe"] == "demo" and saved["demo_instances"] == 10
     assert saved["data"]["alpaca"] == [str(out / "raw" / "alpaca" / "alpaca_data.json")]
@@ -218,7 +218,7 @@ def test_report_contents(tmp_path):
     assert "| natural-instructions | 250 | 150 | 10 | 18 |" in report  # 16 train tasks x 10, one of them dev
     assert "Rejected: 72 (test task beyond official eval set: 72); deduplicated: 0." in report
     assert "![loss curve](train/loss.png)" in report and "![base vs tuned](train/eval.png)" in report
-    assert "60 steps in 1.5 min (123.4 tokens/s); dev loss 3.000 -> 0.500." in report
+    assert "120 steps in 1.5 min (123.4 tokens/s); dev loss 3.000 -> 0.500." in report
     assert ("| tasks seen in training (new instances) | 2 | 15 | 0.0 | 100.0 | +100.0 | 0.0 | 100.0 | +100.0 |"
             in report)
     assert "| held-out tasks (never trained on) | 9 | 18 | 0.0 | 0.0 | +0.0 | 0.0 | 0.0 | +0.0 |" in report
