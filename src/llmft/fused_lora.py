@@ -57,16 +57,21 @@ class _LoraLinearFn(torch.autograd.Function):
         return (grad_x.view(ctx.x_shape) if grad_x is not None else None), *rest, None
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for x's device, else x's own."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
+def cast_to(dtype: torch.dtype, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Each tensor in `dtype` (None stays None); the casts are ordinary autograd ops, so gradients come back to
+    every input in its own dtype."""
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
+
+
 def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float) -> torch.Tensor:
-    """x W^T + b + scaling * (x A^T) B^T in the autocast dtype (else x's dtype); gradients flow to every input that
-    requires them, in its own dtype (the casts are ordinary autograd ops)."""
-    dtype = _compute_dtype(x)
-    cast = [t if t is None or t.dtype == dtype else t.to(dtype) for t in (x, weight, bias, lora_a, lora_b)]
+    """x W^T + b + scaling * (x A^T) B^T in the autocast dtype (else x's dtype)."""
+    cast = cast_to(compute_dtype(x), x, weight, bias, lora_a, lora_b)
     with torch.autocast(x.device.type, enabled=False):
         return _LoraLinearFn.apply(*cast, float(scaling))
 
@@ -81,8 +86,8 @@ class FusedLoraLinear(PeftLoraLinear):
         if len(active) != 1 or active[0] in self.lora_variant:
             return None
         dropout = self.lora_dropout[active[0]]
-        if not isinstance(dropout, torch.nn.Identity) and not (getattr(dropout, "p", None) == 0 or not self.training):
-            return None
+        if self.training and not isinstance(dropout, torch.nn.Identity) and getattr(dropout, "p", None) != 0:
+            return None         # dropout only acts in training; PEFT's forward applies it
         return active[0]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

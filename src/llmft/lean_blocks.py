@@ -22,7 +22,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from llmft.fused_lora import FusedLoraLinear, lora_backward, lora_forward
+from llmft.fused_lora import FusedLoraLinear, cast_to, lora_backward, lora_forward
 
 
 class _SwiGLUDownFn(torch.autograd.Function):
@@ -90,9 +90,8 @@ def _lean_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     if name is None:
         return type(self).forward(self, x)
     gate, up = self.gate_proj(x), self.up_proj(x)
-    dtype = gate.dtype
-    cast = [t if t is None or t.dtype == dtype else t.to(dtype)
-            for t in (down.base_layer.weight, down.base_layer.bias, down.lora_A[name].weight, down.lora_B[name].weight)]
+    cast = cast_to(gate.dtype, down.base_layer.weight, down.base_layer.bias, down.lora_A[name].weight,
+                   down.lora_B[name].weight)
     with torch.autocast(x.device.type, enabled=False):
         return _SwiGLUDownFn.apply(gate, up, *cast, float(down.scaling[name]))
 
