@@ -1,4 +1,4 @@
-"""Generated tokens per second of llmft.generate on the embedded model (SmolLM2-135M-Instruct), greedy, at several
+"""Generated tokens per second of llmft.evaluation.generate on the embedded model (SmolLM2-135M-Instruct), greedy, at several
 batch sizes. Prompts: real Alpaca records rendered with the alpaca template. Tokens counted are the ones kept
 (up to and excluding the stop token), so rows that stop early do not inflate the figure.
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from llmft.generate import GenerationOptions, generate_tokens
-from llmft.model import load_model, load_tokenizer
-from llmft.prompts import render
+from llmft.evaluation.generate import GenerationOptions, generate_tokens
+from llmft.training.model import load_model, load_tokenizer
+from llmft.data.prompts import render
 
 ALPACA = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "raw" / "alpaca" / "alpaca_data.json"
 

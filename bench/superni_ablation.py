@@ -2,7 +2,7 @@
 
 Every variant starts from the superni recipe with BASELINE's keys pinned (the starting point before the
 ablation) and changes one or two keys. Per variant:
-prepare (cached per data settings) -> measure training throughput now (llmft.budget.measure_training) -> train
+prepare (cached per data settings) -> measure training throughput now (llmft.pipeline.budget.measure_training) -> train
 for the steps that fit TRAIN_MINUTES of measured throughput (or a given step count) -> score base and tuned on a
 FIXED evaluation subset: the first EVAL_PER_TASK official instances of each test task, greedy, stopping at EOS.
 
@@ -10,7 +10,7 @@ Reduced protocol, for time on a shared 2-core CPU (the full recipe runs `llmft r
 - training gets `--train-minutes` of measured throughput instead of what the 15-minute budget leaves;
 - generation runs in bf16 with the adapter merged and skips the loss pass (`llmft eval` runs fp32, unmerged, and
   also scores the loss: the same predictions up to rounding, several times the time on this CPU); metrics are
-  llmft.metrics (SuperNI semantics);
+  llmft.evaluation.metrics (SuperNI semantics);
 - the base model's scores depend only on the prompt encoding (k) and decoding, so they are computed once per
   (k, max_new_tokens) and reused.
 
@@ -68,7 +68,7 @@ VARIANTS = {
 # ---------------------------------------------------------------- one variant
 
 def recipe_for(overrides: list[str]):
-    from llmft.pipeline import load_recipe
+    from llmft.pipeline.recipe import load_recipe
 
     return load_recipe("superni", BASELINE + [o for o in overrides if "=" in o])
 
@@ -83,7 +83,7 @@ def train_minutes_for(overrides: list[str], minutes: float) -> float:
 def prepared(recipe, work: Path) -> Path:
     """The prepared folder for these data settings (reused across variants that share them)."""
     from llmft.config import DataConfig
-    from llmft.prepare import prepare
+    from llmft.data.prepare import prepare
 
     data = dataclasses.replace(recipe.data, natural_instructions=[str(NI)], test_instances_per_task=EVAL_PER_TASK)
     key = f"inst{data.max_instances_per_task}-test{data.test_instances_per_task}-seed{data.seed}"
@@ -101,9 +101,9 @@ def eval_records(data_dir: Path) -> list[dict]:
 
 
 def score(model, tokenizer, records: list[dict], k: int, max_new_tokens: int) -> tuple[dict, list[str], float]:
-    from llmft.generate import GenerationOptions, generate
-    from llmft.metrics import aggregate, aggregate_by, score_prediction
-    from llmft.prompts import render
+    from llmft.evaluation.generate import GenerationOptions, generate
+    from llmft.evaluation.metrics import aggregate, aggregate_by, score_prediction
+    from llmft.data.prompts import render
 
     prompts = [render(r, "superni", tokenizer=tokenizer, k_positive=k)[0] for r in records]
     started = time.perf_counter()
@@ -119,7 +119,7 @@ def base_scores(recipe, records: list[dict], results: list[dict], name: str) -> 
     """Reused from an earlier row with the same encoding and decoding, else measured now (and recorded)."""
     import torch
 
-    from llmft.model import load_model, load_tokenizer
+    from llmft.training.model import load_model, load_tokenizer
 
     k, new = recipe.train.k_positive, recipe.eval.max_new_tokens
     for row in results:
@@ -142,9 +142,9 @@ def base_scores(recipe, records: list[dict], results: list[dict], name: str) -> 
 def run_variant(name: str, minutes: float, work: Path, results: list[dict]) -> dict:
     import torch
 
-    from llmft import budget
-    from llmft.model import load_run_model
-    from llmft.train import train
+    from llmft.pipeline import budget
+    from llmft.training.model import load_run_model
+    from llmft.training.trainer import train
 
     what, overrides = VARIANTS[name]
     recipe = recipe_for(overrides)

@@ -4,8 +4,8 @@
     .venv/bin/python bench/train_throughput.py --records all            # the whole 2,000-record sample (~40 min TRL)
     .venv/bin/python bench/train_throughput.py --records 40 --contenders llmft --no-write
 
-The work: the embedded SmolLM2-135M (`llmft.model.resolve_model("smollm2-135m")`), the first N records that
-`llmft.sources` keeps from the Alpaca sample, rendered with the alpaca template by `llmft.prompts.render` (TRL gets
+The work: the embedded SmolLM2-135M (`llmft.training.model.resolve_model("smollm2-135m")`), the first N records that
+`llmft.data.sources` keeps from the Alpaca sample, rendered with the alpaca template by `llmft.data.prompts.render` (TRL gets
 them as a prompt-completion dataset, completion-only loss), LoRA r=16 alpha=32 dropout 0.0 (`--lora-dropout`) on all linear layers,
 bf16 (base weights in bf16, adapters fp32, autocast), max length 512, one epoch, AdamW lr 2e-4 cosine, 3% warm-up.
 
@@ -56,9 +56,9 @@ LR, WARMUP, SEED = 2e-4, 0.03, 0
 def write_data(work: Path, alpaca: Path, n_records: int | None) -> dict:
     """The first n kept records, as llmft records (train.jsonl) and as TRL prompt/completion rows."""
     from llmft import io
-    from llmft.prompts import render
-    from llmft.records import Record
-    from llmft.sources import convert
+    from llmft.data.prompts import render
+    from llmft.data.records import Record
+    from llmft.data.sources import convert
 
     records, rejects = [], 0
     for item in convert("alpaca", alpaca):
@@ -88,7 +88,8 @@ def child_start(threads: int) -> dict:
 
 def run_llmft(work: Path, threads: int, row_tokens: int = 0) -> dict:
     from llmft.config import TrainConfig
-    from llmft.train import Trainer, row_cap
+    from llmft.training.plan import row_cap
+    from llmft.training.trainer import Trainer
 
     info = child_start(threads)
     shutil.rmtree(work / "llmft-run", ignore_errors=True)   # a fresh run each invocation, never a resume
@@ -125,7 +126,7 @@ def run_trl(work: Path, threads: int, packing: bool, grad_checkpointing: bool) -
     from trl import SFTConfig, SFTTrainer
 
     from llmft import io
-    from llmft.model import resolve_model
+    from llmft.training.model import resolve_model
 
     info = child_start(threads)
     folder = resolve_model(MODEL)
@@ -244,7 +245,7 @@ def section(results: dict, best: str | None, data: dict, info: dict, command: st
         f"Machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['bf16_isa']) or 'no bf16 ISA'}), "
         f"{info['ram_gib']:.0f} GiB RAM; {any_result['threads']} torch thread(s) in every contender  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + "  ",
-        f"Data: the first {data['records']:,} records llmft.sources keeps from the 2,000-record Alpaca sample "
+        f"Data: the first {data['records']:,} records llmft.data.sources keeps from the 2,000-record Alpaca sample "
         f"({'the whole sample' if data['all'] else 'a subset; `--records all` for the full epoch'}), alpaca "
         f"template, max length {MAX_LENGTH}, one epoch; LoRA r={LORA['r']} alpha={LORA['alpha']} dropout "
         f"{LORA['dropout']} on all linear layers, bf16, {any_result['params'] / 1e6:.1f}M parameters "

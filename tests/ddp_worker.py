@@ -4,19 +4,19 @@ none; {"fsdp2": true} runs train.py's FSDP path on CPU; {"stop_after": N} stops 
 import json
 import sys
 
-import llmft.train
+import llmft.training.trainer
 from llmft.config import TrainConfig
 
 
 def shorten_step(short_step: int) -> None:
     """Keep only the first micro-batch of step `short_step`, as a short final step would."""
-    full_plan = llmft.train.step_micro_batches
+    full_plan = llmft.training.trainer.step_micro_batches
 
     def plan(batcher, run_plan, step):
         micro = full_plan(batcher, run_plan, step)
         return micro[:1] if step == short_step else micro
 
-    llmft.train.step_micro_batches = plan
+    llmft.training.trainer.step_micro_batches = plan
 
 
 def cpu_fsdp2_accelerator():
@@ -40,5 +40,5 @@ if __name__ == "__main__":
     if options.get("short_step") is not None:
         shorten_step(options["short_step"])
     if options.get("fsdp2"):
-        llmft.train.make_accelerator = cpu_fsdp2_accelerator
-    llmft.train.train(TrainConfig(**json.loads(sys.argv[1])), stop_after=options.get("stop_after"))
+        llmft.training.trainer.make_accelerator = cpu_fsdp2_accelerator
+    llmft.training.trainer.train(TrainConfig(**json.loads(sys.argv[1])), stop_after=options.get("stop_after"))

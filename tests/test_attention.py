@@ -8,9 +8,9 @@ import pytest
 import torch
 import transformers as tf
 
-from llmft.attention import VARLEN, preferred_attention, register, segment_bounds, supports_varlen, uses_varlen
-from llmft.batching import collate_packed, model_inputs
-from llmft.tokenize import IGNORE_INDEX, Example
+from llmft.training.attention import VARLEN, preferred_attention, register, segment_bounds, supports_varlen, uses_varlen
+from llmft.training.batching import collate_packed, model_inputs
+from llmft.training.tokenize import IGNORE_INDEX, Example
 from tiny_models import CONFIGS
 
 VERIFIED = ["llama", "qwen2", "mistral", "gemma", "phi3"]
@@ -154,7 +154,7 @@ def test_short_example_attention_equals_sdpa_with_grouped_heads(dtype, tolerance
     products are rounded to bf16 before the fp32 softmax, as in the flash kernel; 2e-2 is ~2 bf16 ulps of O(1))."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from llmft.attention import _short_causal_attention
+    from llmft.training.attention import _short_causal_attention
 
     torch.manual_seed(0)
     q = torch.randn(1, 6, 37, 16, dtype=dtype, requires_grad=True)

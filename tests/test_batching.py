@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmft.attention import VARLEN, register
-from llmft.batching import (Batcher, block_causal_mask, collate_packed, collate_padded, model_inputs, pack_plan,
+from llmft.training.attention import VARLEN, register
+from llmft.training.batching import (Batcher, block_causal_mask, collate_packed, collate_padded, model_inputs, pack_plan,
                             packing_is_isolated, padded_plan)
 from llmft.errors import LlmftError
-from llmft.tokenize import IGNORE_INDEX, Example, tokenize_records
+from llmft.training.tokenize import IGNORE_INDEX, Example, tokenize_records
 from tiny_models import CONFIGS
 
 
@@ -201,7 +201,7 @@ def test_packing_is_isolated_on_every_tiny_architecture(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_packing_check_in_bf16_passes_isolation_and_catches_a_leak(arch, monkeypatch):
-    import llmft.batching as batching
+    import llmft.training.batching as batching
 
     model = tiny(arch, "sdpa").to(torch.bfloat16)
     assert packing_is_isolated(model)

@@ -1,4 +1,4 @@
-"""Fitting training steps to a wall-clock budget (llmft.budget): the arithmetic on fake measured rates, the eval
+"""Fitting training steps to a wall-clock budget (llmft.pipeline.budget): the arithmetic on fake measured rates, the eval
 estimate, and the pipeline hook (budget.json reused on a rerun) on fake stages."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from llmft import budget
+from llmft.pipeline import budget
 from llmft.config import EvalConfig, RunConfig
 from llmft.errors import LlmftError
 
@@ -98,7 +98,8 @@ def fake_fit(max_steps: int, per_task: int, prepared: int) -> dict:
 
 
 def test_fit_recipe_measures_once_then_reuses_budget_json(tmp_path, monkeypatch):
-    from llmft.pipeline import Layout, load_recipe
+    from llmft.pipeline.layout import Layout
+    from llmft.pipeline.recipe import load_recipe
 
     recipe = load_recipe("superni", ["budget_minutes=10"])
     layout = Layout(tmp_path)
@@ -126,7 +127,8 @@ def test_fit_recipe_measures_once_then_reuses_budget_json(tmp_path, monkeypatch)
 
 def test_fit_recipe_cuts_the_evaluation_to_the_first_records_of_each_task(tmp_path, monkeypatch):
     from llmft import io
-    from llmft.pipeline import Layout, load_recipe
+    from llmft.pipeline.layout import Layout
+    from llmft.pipeline.recipe import load_recipe
 
     layout = Layout(tmp_path)
     rows = [{"id": f"{task}-{i}", "task": task, "instruction": "d", "input": str(i), "output": "o",
@@ -153,7 +155,7 @@ def test_first_per_task_and_choose_eval_size():
 
 
 def test_run_config_budget_minutes_validated_and_set_by_the_cli_flag(tmp_path, monkeypatch):
-    import llmft.pipeline
+    import llmft.pipeline.runner
     from llmft.cli import main
     from llmft.config import check
 
@@ -161,7 +163,7 @@ def test_run_config_budget_minutes_validated_and_set_by_the_cli_flag(tmp_path, m
     with pytest.raises(LlmftError, match="budget_minutes must be >= 0"):
         check(RunConfig(budget_minutes=-1))
     seen = []
-    monkeypatch.setattr(llmft.pipeline, "run_pipeline", lambda recipe, out, sources: seen.append((recipe, sources)))
+    monkeypatch.setattr(llmft.pipeline.runner, "run_pipeline", lambda recipe, out, sources: seen.append((recipe, sources)))
     assert main(["run", "--out", str(tmp_path), "--recipe", "superni", "--natural-instructions", "NI",
                  "--budget-minutes", "2.5"]) == 0
     assert main(["run", "--out", str(tmp_path), "--recipe", "superni", "--natural-instructions", "NI"]) == 0
@@ -174,10 +176,10 @@ def test_run_config_budget_minutes_validated_and_set_by_the_cli_flag(tmp_path, m
 def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tokenizer):
     from llmft import io
     from llmft.config import DataConfig, TrainConfig
-    from llmft.generate import encode_prompt
-    from llmft.prompts import render
-    from llmft.records import Record
-    from llmft.sources import natural_instructions
+    from llmft.evaluation.generate import encode_prompt
+    from llmft.data.prompts import render
+    from llmft.data.records import Record
+    from llmft.data.sources import natural_instructions
     from tiny_models import save_tiny_model
 
     model = save_tiny_model(tmp_path / "tiny", smol_tokenizer)
@@ -190,8 +192,8 @@ def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tok
 
     training = budget.measure_training(cfg)
     assert training.step_s > 0 and training.setup_s > 0 and training.dev_loss_s > 0 and training.tokens_per_s > 0
-    from llmft.batching import Batcher
-    from llmft.tokenize import tokenize_records
+    from llmft.training.batching import Batcher
+    from llmft.training.tokenize import tokenize_records
 
     examples, _ = tokenize_records(records[:20], smol_tokenizer, template="superni", max_length=256, k_positive=2)
     packed = Batcher(examples, packing=True, batch_tokens=256, seed=0, pad_id=smol_tokenizer.pad_token_id)

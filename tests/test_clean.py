@@ -1,8 +1,8 @@
 """Cleaning stage: text normalisation and the (keep, reason) filters."""
-from llmft.clean import (FILTERS, REASON_EMPTY_INSTRUCTION, REASON_EMPTY_OUTPUT, REASON_NOOUTPUT, REASON_OVERLONG,
+from llmft.data.clean import (FILTERS, REASON_EMPTY_INSTRUCTION, REASON_EMPTY_OUTPUT, REASON_NOOUTPUT, REASON_OVERLONG,
                          clean, normalize_text, normalize_whitespace)
 from llmft.config import DataConfig
-from llmft.records import Record
+from llmft.data.records import Record
 
 
 def rec(instruction="Say hi.", input="", output="Hi!", references=None) -> Record:

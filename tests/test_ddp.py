@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmft.config import TrainConfig, to_dict
-from llmft.train import train
+from llmft.training.trainer import train
 from test_train import metrics, repeat_records, write_jsonl
 from tiny_models import save_tiny_model, tiny_model
 
@@ -42,12 +42,12 @@ def setting(tmp_path_factory, smol_tokenizer):
 def one_process(setting) -> Path:
     """The reference: one process, grad_accum 4, the same shortened step."""
     import ddp_worker
-    import llmft.train
+    import llmft.training.trainer
 
     root, common = setting
     mp = pytest.MonkeyPatch()
     mp.setenv("LLMFT_CACHE", str(root / "cache"))
-    mp.setattr(llmft.train, "step_micro_batches", llmft.train.step_micro_batches)   # undone afterwards
+    mp.setattr(llmft.training.trainer, "step_micro_batches", llmft.training.trainer.step_micro_batches)   # undone afterwards
     ddp_worker.shorten_step(SHORT_STEP)
     try:
         train(TrainConfig(out=str(root / "one"), grad_accum=4, **common))
@@ -120,7 +120,7 @@ def test_two_processes_under_fsdp2_match_one_process_across_a_resume(setting, on
 # ---------------------------------------------------------------- pieces, in one process
 
 def test_each_rank_runs_as_many_passes_as_the_busiest_one():
-    from llmft.train import rank_passes
+    from llmft.training.plan import rank_passes
 
     rows = [[[0, 1], [2]], [], [[3]]]
     assert rank_passes(rows, 0) == [[0, 1], [2]]
@@ -131,10 +131,10 @@ def test_each_rank_runs_as_many_passes_as_the_busiest_one():
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_a_filler_pass_reaches_every_trainable_weight_and_adds_nothing(packing):
-    from llmft.batching import Batcher, model_inputs
-    from llmft.losses import CausalLMLoss
-    from llmft.tokenize import Example
-    from llmft.train import filler_batch
+    from llmft.training.batching import Batcher, model_inputs
+    from llmft.training.losses import CausalLMLoss
+    from llmft.training.tokenize import Example
+    from llmft.training.plan import filler_batch
 
     import numpy as np
 
@@ -153,7 +153,7 @@ def test_fsdp1_and_qlora_under_fsdp_are_refused_with_the_way_out():
     from types import SimpleNamespace
 
     from llmft.errors import LlmftError
-    from llmft.train import check_fsdp
+    from llmft.training.distributed import check_fsdp
 
     cfg = TrainConfig(data="d", out="o")
     check_fsdp(SimpleNamespace(fsdp_version=2, use_orig_params=None), cfg)

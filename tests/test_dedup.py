@@ -1,8 +1,8 @@
 """Dedup keys, exact duplicates (first kept) and MinHash near duplicates."""
 import numpy as np
 
-from llmft import dedup
-from llmft.records import Record
+from llmft.data import dedup
+from llmft.data.records import Record
 
 
 def rec(i, instruction, input, output) -> Record:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmft.cli import main
-from llmft.sources import demo
+from llmft.data import demo
 
 INSTANCES = 12
 
@@ -168,8 +168,8 @@ def test_instances_must_be_positive(tmp_path, capsys):
 
 
 def test_demo_data_converts_with_zero_rejects(demo_dir):
-    from llmft.records import Reject
-    from llmft.sources import convert
+    from llmft.data.records import Reject
+    from llmft.data.sources import convert
 
     inputs = {
         "alpaca": demo_dir / "alpaca" / "alpaca_data.json",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from llmft import download as dl
+from llmft.data import download as dl
 from llmft.cli import main
 from llmft.errors import LlmftError
 

@@ -7,16 +7,16 @@ import struct
 import pytest
 import torch
 
-import llmft.evaluate as ev
+import llmft.evaluation.evaluate as ev
 from llmft.cli import main
 from llmft.config import EvalConfig
 from llmft.errors import InputFormatError, LlmftError
-from llmft.evaluate import evaluate_run
-from llmft.generate import GenerationOptions, generate
-from llmft.model import load_run_model
-from llmft.prompts import render
-from llmft.report import comparison_table, plot_base_vs_tuned
-from llmft.tokenize import encode
+from llmft.evaluation.evaluate import evaluate_run
+from llmft.evaluation.generate import GenerationOptions, generate
+from llmft.training.model import load_run_model
+from llmft.data.prompts import render
+from llmft.evaluation.report import comparison_table, plot_base_vs_tuned
+from llmft.training.tokenize import encode
 from run_factory import RECORDS, make_run
 
 # Tuned predictions for RECORDS, scored by hand:

@@ -8,9 +8,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
-from llmft import model as llmft_model
+from llmft.training import model as llmft_model
 from llmft.config import TrainConfig
-from llmft.fused_lora import FusedLoraLinear, _LoraLinearFn, fuse_lora_layers
+from llmft.training.fused_lora import FusedLoraLinear, _LoraLinearFn, fuse_lora_layers
 from tiny_models import save_tiny_model
 
 

@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import llmft.generate as gen
+import llmft.evaluation.generate as gen
 from llmft.cli import main
 from llmft.errors import LlmftError
-from llmft.generate import GenerationOptions, as_record, chat_loop, generate, generate_tokens, stop_token_ids
-from llmft.model import load_run_model
-from llmft.prompts import render
+from llmft.evaluation.generate import GenerationOptions, as_record, chat_loop, generate, generate_tokens, stop_token_ids
+from llmft.training.model import load_run_model
+from llmft.data.prompts import render
 from run_factory import make_run
 
 PROMPTS = ["Hello", "Write a very long sentence about the history of the Roman empire and its roads.",
@@ -92,9 +92,9 @@ class FakeTokenizer:
 
 
 def test_left_padding_sorting_stop_tokens_and_order(monkeypatch):
-    import llmft.tokenize
+    import llmft.training.tokenize
 
-    monkeypatch.setattr(llmft.tokenize, "special_prefix", lambda tok: [])
+    monkeypatch.setattr(llmft.training.tokenize, "special_prefix", lambda tok: [])
     model = ScriptedModel({11: [5, 6, 2, 7], 12: [8, 9, 3], 13: [4]})
     tokenizer = FakeTokenizer()
     prompts = ["11", "1 1 1 12", "1 13"]
@@ -111,9 +111,9 @@ def test_left_padding_sorting_stop_tokens_and_order(monkeypatch):
 
 
 def test_sampling_options_reach_generate(monkeypatch):
-    import llmft.tokenize
+    import llmft.training.tokenize
 
-    monkeypatch.setattr(llmft.tokenize, "special_prefix", lambda tok: [])
+    monkeypatch.setattr(llmft.training.tokenize, "special_prefix", lambda tok: [])
     model = ScriptedModel({11: [5]})
     generate_tokens(model, FakeTokenizer(), ["11"], GenerationOptions(do_sample=True, temperature=0.7, top_p=0.9,
                                                                        top_k=20, max_new_tokens=3))
@@ -128,9 +128,9 @@ def test_stop_tokens_of_the_real_tokenizer(smol_tokenizer):
 
 
 def test_bad_options_and_empty_prompt(monkeypatch):
-    import llmft.tokenize
+    import llmft.training.tokenize
 
-    monkeypatch.setattr(llmft.tokenize, "special_prefix", lambda tok: [])
+    monkeypatch.setattr(llmft.training.tokenize, "special_prefix", lambda tok: [])
     with pytest.raises(LlmftError, match="temperature must be positive"):
         generate_tokens(ScriptedModel({11: [5]}), FakeTokenizer(), ["11"], GenerationOptions(temperature=0))
     with pytest.raises(LlmftError, match="prompt 2 is empty"):
@@ -219,7 +219,7 @@ def test_cli_chat_reads_stdin_with_the_run_template(monkeypatch, run_dir, capsys
 
 @pytest.mark.slow
 def test_embedded_model_answers_and_stops_at_eos():
-    from llmft.model import load_model, load_tokenizer
+    from llmft.training.model import load_model, load_tokenizer
 
     tokenizer = load_tokenizer("smollm2-135m")
     model = load_model("smollm2-135m")

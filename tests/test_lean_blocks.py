@@ -8,8 +8,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from llmft.fused_lora import fuse_lora_layers
-from llmft.lean_blocks import lean_decoder_blocks, rms_norm
+from llmft.training.fused_lora import fuse_lora_layers
+from llmft.training.lean_blocks import lean_decoder_blocks, rms_norm
 from tiny_models import tiny_model
 
 

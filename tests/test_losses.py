@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmft import losses
-from llmft.losses import causal_lm_loss_sum, chunked_loss_matches, head_options, model_loss_sum
-from llmft.tokenize import IGNORE_INDEX
+from llmft.training import losses
+from llmft.training.losses import causal_lm_loss_sum, chunked_loss_matches, head_options, model_loss_sum
+from llmft.training.tokenize import IGNORE_INDEX
 from tiny_models import tiny_model
 
 B, T, H, V = 2, 17, 32, 101

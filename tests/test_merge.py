@@ -9,9 +9,9 @@ from safetensors import safe_open
 
 from llmft.cli import main
 from llmft.errors import LlmftError
-from llmft.generate import GenerationOptions, generate_tokens
-from llmft.merge import merge_run
-from llmft.model import load_run_model
+from llmft.evaluation.generate import GenerationOptions, generate_tokens
+from llmft.evaluation.merge import merge_run
+from llmft.training.model import load_run_model
 from run_factory import make_run
 
 IDS = [[1, 504, 3458, 282, 4649, 314, 2, 9, 77, 4000]]

@@ -1,7 +1,7 @@
 """ROUGE-L / exact match with SuperNI semantics: every expected value below was computed by hand."""
 import pytest
 
-from llmft.metrics import (aggregate, aggregate_by, exact_match, needs_xlingual, normalize_answer, rouge_l,
+from llmft.evaluation.metrics import (aggregate, aggregate_by, exact_match, needs_xlingual, normalize_answer, rouge_l,
                            score_prediction, xlingual_tokenize)
 
 

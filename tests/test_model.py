@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmft import model as llmft_model
+from llmft.training import model as llmft_model
 from llmft.config import TrainConfig
 from llmft.errors import LlmftError
 from tiny_models import CONFIGS, save_tiny_model
@@ -16,7 +16,7 @@ from tiny_models import CONFIGS, save_tiny_model
 def unfuse_lora_layers(model) -> None:
     from peft.tuners.lora.layer import Linear
 
-    from llmft.fused_lora import FusedLoraLinear
+    from llmft.training.fused_lora import FusedLoraLinear
 
     for module in model.modules():
         if type(module) is FusedLoraLinear:

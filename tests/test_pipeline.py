@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmft import io, pipeline
+from llmft import io
+from llmft.evaluation import report
+from llmft.pipeline import recipe as recipes
+from llmft.pipeline import runner as pipeline
 from llmft.cli import main
 from llmft.errors import LlmftError
-from llmft.metrics import aggregate, aggregate_by, score_prediction
+from llmft.evaluation.metrics import aggregate, aggregate_by, score_prediction
 
 NI_HELD_OUT = [
     "task9017_demo_uppercase_sentence", "task9018_demo_add_three_numbers", "task9019_demo_last_letter",
@@ -85,24 +88,24 @@ class FakeStages:
 
 
 def run_small(out: Path, fakes: FakeStages, extra: list[str] = (), echo=None) -> dict:
-    recipe = pipeline.load_recipe("demo", SMALL + list(extra))
+    recipe = recipes.load_recipe("demo", SMALL + list(extra))
     return pipeline.run_pipeline(recipe, out, stages=fakes.stages, echo=echo or (lambda line: None))
 
 
 # ---------------------------------------------------------------- recipes
 
 def test_demo_recipe_values():
-    recipe = pipeline.load_recipe("demo")
+    recipe = recipes.load_recipe("demo")
     assert recipe.name == "demo"
     assert recipe.run.demo_instances == 40
     assert (recipe.data.split, recipe.data.test_ratio, recipe.data.test_instances_per_task) == ("tasks", 0.1, 5)
     assert (recipe.train.model, recipe.train.method, recipe.train.max_steps) == ("smollm2-135m", "lora", 120)
     assert (recipe.eval.split, recipe.eval.max_new_tokens) == ("test", 24)
-    assert "demo" in pipeline.builtin_recipes()
+    assert "demo" in recipes.builtin_recipes()
 
 
 def test_overrides_are_typed_and_land_in_their_section():
-    recipe = pipeline.load_recipe("demo", ["train.lr=3e-4", "demo_instances=7", "eval.limit=12",
+    recipe = recipes.load_recipe("demo", ["train.lr=3e-4", "demo_instances=7", "eval.limit=12",
                                            "data.languages=English,German", "train.packing=false"])
     assert recipe.train.lr == 3e-4
     assert recipe.run.demo_instances == 7
@@ -120,37 +123,37 @@ def test_overrides_are_typed_and_land_in_their_section():
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(LlmftError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        pipeline.load_recipe("demo", [override])
+        recipes.load_recipe("demo", [override])
 
 
 def test_recipe_file_and_its_errors(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("demo_instances: 3\ntrain:\n  max_steps: 5\n  lr: 0.01\n", encoding="utf-8")
-    recipe = pipeline.load_recipe(str(path))
+    recipe = recipes.load_recipe(str(path))
     assert (recipe.name, recipe.run.demo_instances, recipe.train.max_steps, recipe.train.lr) == (str(path), 3, 5,
                                                                                                  0.01)
     assert recipe.data.split == "random" and recipe.eval.max_new_tokens == 64   # unset keys: config defaults
     path.write_text("train: [1, 2]\n", encoding="utf-8")
     with pytest.raises(LlmftError, match=r"mine.yaml: 'train:' must be a mapping of TrainConfig keys"):
-        pipeline.load_recipe(str(path))
+        recipes.load_recipe(str(path))
     path.write_text("train: {epochs: 2}\nbatch: 3\n", encoding="utf-8")
     with pytest.raises(LlmftError, match=r"mine.yaml \(run-level keys\): unknown key\(s\) batch"):
-        pipeline.load_recipe(str(path))
+        recipes.load_recipe(str(path))
     with pytest.raises(LlmftError, match="unknown recipe 'nosuch': give a YAML file or one of .*demo"):
-        pipeline.load_recipe("nosuch")
+        recipes.load_recipe("nosuch")
     with pytest.raises(LlmftError, match="missing.yaml: no such recipe file"):
-        pipeline.load_recipe(str(tmp_path / "missing.yaml"))
+        recipes.load_recipe(str(tmp_path / "missing.yaml"))
 
 
 def test_downloaded_folder_maps_to_the_sources(tmp_path):
     (tmp_path / "alpaca").mkdir()
     (tmp_path / "alpaca" / "alpaca_data.json").write_text("[]")
     (tmp_path / "natural_instructions" / "tasks").mkdir(parents=True)
-    assert pipeline.downloaded_sources(tmp_path) == {
+    assert recipes.downloaded_sources(tmp_path) == {
         "alpaca": [str(tmp_path / "alpaca" / "alpaca_data.json")],
         "natural_instructions": [str(tmp_path / "natural_instructions")]}
     with pytest.raises(LlmftError, match="none of the downloaded datasets found"):
-        pipeline.downloaded_sources(tmp_path / "alpaca")
+        recipes.downloaded_sources(tmp_path / "alpaca")
 
 
 # ---------------------------------------------------------------- orchestration
@@ -202,7 +205,7 @@ def test_seen_vs_unseen_counts_by_source_and_task(tmp_path):
     io.write_jsonl(tmp_path / "predictions.jsonl", [
         {"source": s, "task": t, "scores": {"base": {"rougeL": 0.0, "exact_match": b},
                                             "tuned": {"rougeL": 50.0, "exact_match": e}}} for s, t, b, e in rows])
-    split = pipeline.seen_vs_unseen(tmp_path / "predictions.jsonl", pipeline.trained_tasks(tmp_path / "train.jsonl"))
+    split = report.seen_vs_unseen(tmp_path / "predictions.jsonl", report.trained_tasks(tmp_path / "train.jsonl"))
     assert split["seen"] == {"tasks": ["alpaca", "t1"], "base": {"rougeL": 0.0, "exact_match": 50.0, "n": 2},
                              "tuned": {"rougeL": 50.0, "exact_match": 75.0, "n": 2}}
     assert split["unseen"] == {"tasks": ["alpaca", "t2", "t3"],
@@ -270,7 +273,7 @@ def test_changed_recipe_is_refused_naming_the_keys(tmp_path):
 
 def test_real_datasets_skip_the_demo(tmp_path, raw_dir):
     fakes = FakeStages()
-    recipe = pipeline.load_recipe("demo", ["data.workers=1", "data.split=random"])
+    recipe = recipes.load_recipe("demo", ["data.workers=1", "data.split=random"])
     alpaca = raw_dir / "alpaca" / "alpaca_data.json"
     if not alpaca.exists():
         alpaca = next(raw_dir.glob("alpaca/*.json"))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from llmft import prepare as prepare_module
+from llmft.data import prepare as prepare_module
 from llmft.cli import main
 from llmft.config import DataConfig
 from llmft.errors import LlmftError
-from llmft.prepare import OUTPUT_FILES, prepare
+from llmft.data.prepare import OUTPUT_FILES, prepare
 
 STRICT_SUFFIX = "(--strict turns every reject into an error)"
 
@@ -144,7 +144,7 @@ def test_strict_mode_names_file_place_and_reason(tmp_path):
 
 
 def test_strict_mode_skips_reasons_a_source_declares_as_policy(tmp_path, monkeypatch):
-    from llmft.sources import alpaca as alpaca_source
+    from llmft.data.sources import alpaca as alpaca_source
 
     alpaca = write_alpaca(tmp_path / "a.json", [("Say hi.", "", "hi"), ("Say bye.", "", "")])
     monkeypatch.setattr(alpaca_source, "POLICY_REASONS", {"empty output"}, raising=False)

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from llmft.errors import InputFormatError, LlmftError
-from llmft.prompts import render
-from llmft.tokenize import encode
+from llmft.data.prompts import render
+from llmft.training.tokenize import encode
 
 ALPACA_HEADER_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
                        "context. Write a response that appropriately completes the request.\n\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmft import run as runfolder
+from llmft.training import run_folder as runfolder
 from llmft.cli import main as cli_main
 from llmft.errors import LlmftError
 from test_train import repeat_records, write_jsonl

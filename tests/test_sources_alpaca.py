@@ -8,9 +8,9 @@ import json
 import pytest
 
 from llmft.errors import InputFormatError
-from llmft.records import Record, Reject
-from llmft.sources import SOURCES, alpaca, convert
-from llmft.sources.base import iter_json_array
+from llmft.data.records import Record, Reject
+from llmft.data.sources import SOURCES, alpaca, convert
+from llmft.data.sources.base import iter_json_array
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from llmft.cli import main
 from llmft.io import read_jsonl
-from llmft.records import validate_record
+from llmft.data.records import validate_record
 from unnatural_fixture import write_unnatural_fixture
 
 

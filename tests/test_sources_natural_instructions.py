@@ -10,8 +10,8 @@ import pytest
 
 from llmft.config import DataConfig
 from llmft.errors import InputFormatError, LlmftError
-from llmft.records import Record, Reject
-from llmft.sources import convert, natural_instructions
+from llmft.data.records import Record, Reject
+from llmft.data.sources import convert, natural_instructions
 
 ENTAILMENT = "task1344_glue_entailment_classification"
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from llmft.errors import InputFormatError, LlmftError
-from llmft.records import Record, Reject
-from llmft.sources import convert, self_instruct
+from llmft.data.records import Record, Reject
+from llmft.data.sources import convert, self_instruct
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 
 from llmft.config import DataConfig
 from llmft.errors import InputFormatError
-from llmft.records import Record, Reject
-from llmft.sources import convert, unnatural_instructions
+from llmft.data.records import Record, Reject
+from llmft.data.sources import convert, unnatural_instructions
 from unnatural_fixture import SCIENCE, SCIENCE_CONSTRAINTS, SCIENCE_INPUT, write_unnatural_fixture, write_zip_slip
 
 SOURCE = "unnatural-instructions"

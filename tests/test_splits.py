@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from llmft import splits
+from llmft.data import splits
 from llmft.errors import LlmftError
-from llmft.splits import DEV, TEST, TRAIN
+from llmft.data.splits import DEV, TEST, TRAIN
 
 SOURCES = ["alpaca", "self-instruct", "natural-instructions", "unnatural-instructions"]
 

@@ -5,7 +5,7 @@ import pytest
 
 from llmft.cli import main
 from llmft.errors import LlmftError
-from llmft.stats import collect, format_table, nearest_rank
+from llmft.data.stats import collect, format_table, nearest_rank
 
 
 def record(i, source, instruction, input, output):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from llmft.config import DataConfig
-from llmft.metrics import aggregate, aggregate_by, score_prediction
-from llmft.prompts import render
-from llmft.records import Record
-from llmft.sources import natural_instructions
+from llmft.evaluation.metrics import aggregate, aggregate_by, score_prediction
+from llmft.data.prompts import render
+from llmft.data.records import Record
+from llmft.data.sources import natural_instructions
 
 TEST_TASKS = ("task1393_superglue_copa_text_completion", "task648_answer_generation",
               "task1344_glue_entailment_classification", "task957_e2e_nlg_text_generation_generate",
@@ -33,7 +33,7 @@ def converted(raw_dir: Path, task: str) -> list[dict]:
 # ---------------------------------------------------------------- the recipe
 
 def test_recipe_follows_the_protocol_and_the_ablation():
-    from llmft.pipeline import builtin_recipes, load_recipe
+    from llmft.pipeline.recipe import builtin_recipes, load_recipe
 
     assert "superni" in builtin_recipes()
     recipe = load_recipe("superni")

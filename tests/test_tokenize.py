@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from llmft.errors import LlmftError
-from llmft.prompts import render
-from llmft.tokenize import IGNORE_INDEX, encode, encode_ids, special_prefix, tokenize_records
+from llmft.data.prompts import render
+from llmft.training.tokenize import IGNORE_INDEX, encode, encode_ids, special_prefix, tokenize_records
 
 
 def ids(tokenizer, text: str) -> list[int]:

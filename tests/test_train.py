@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from llmft.config import TrainConfig
 from llmft.errors import InputFormatError, LlmftError
-from llmft.model import load_run_model
-from llmft.train import read_training_data, train
+from llmft.training.model import load_run_model
+from llmft.training.data import read_training_data
+from llmft.training.trainer import train
 from tiny_models import CONFIGS, save_tiny_model
 
 WORDS = ["apple", "river", "stone", "cloud", "green", "tiger", "piano", "lemon", "orbit", "candle", "maple", "zebra"]
@@ -114,9 +115,9 @@ def test_gradient_accumulation_normalises_by_the_tokens_of_the_whole_batch(tmp_p
     The reference loss is HF's own mean over every trainable token of the 8 examples."""
     from transformers import AutoModelForCausalLM
 
-    from llmft.batching import collate_padded
-    from llmft.model import load_tokenizer
-    from llmft.tokenize import tokenize_records
+    from llmft.training.batching import collate_padded
+    from llmft.training.model import load_tokenizer
+    from llmft.training.tokenize import tokenize_records
 
     (tmp_path / "d").mkdir()
     write_jsonl(tmp_path / "d" / "train.jsonl", repeat_records(12)[:8])
@@ -279,7 +280,7 @@ def test_lora_on_the_embedded_model_lowers_dev_loss(tmp_path, raw_dir):
 
 
 def test_split_rows_fills_consecutive_rows_up_to_the_cap():
-    from llmft.train import split_rows
+    from llmft.training.plan import split_rows
 
     lengths = {0: 300, 1: 200, 2: 100, 3: 400, 4: 512, 5: 12}
     assert split_rows([0, 1, 2, 3, 4, 5], lengths, 512) == [[0, 1], [2, 3], [4], [5]]
@@ -309,7 +310,7 @@ def test_dev_limit_zero_skips_dev_evaluation_even_with_a_dev_file(tmp_path, data
 @pytest.mark.skipif(not Path("/proc/self/maps").exists() or "glibc" not in " ".join(__import__("platform").libc_ver()),
                     reason="glibc only")
 def test_cpu_allocator_settings_are_accepted_by_glibc():
-    from llmft import train as train_module
+    from llmft.training import cpu as train_module
 
     assert train_module.keep_freed_memory_in_heap() is True
     # mallopt takes a C int: a value past 2^31 would be truncated (4 GiB -> 0) and still "succeed"

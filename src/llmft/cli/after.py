@@ -32,7 +32,7 @@ def _register_eval(sub) -> None:
 
 def _eval(args) -> int:
     from llmft.config import EvalConfig, load_config
-    from llmft.evaluate import evaluate_run
+    from llmft.evaluation.evaluate import evaluate_run
 
     overrides = {"split": args.split, "data": args.data, "max_new_tokens": args.max_new_tokens,
                  "limit": args.limit, "batch_size": args.batch_size, "base": args.base}
@@ -56,7 +56,7 @@ def _add_sampling(p) -> None:
 
 
 def _options(args):
-    from llmft.generate import GenerationOptions
+    from llmft.evaluation.generate import GenerationOptions
 
     sample = args.sample or any(v is not None for v in (args.temperature, args.top_p, args.top_k))
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, do_sample=sample,
@@ -92,8 +92,8 @@ def _register_generate(sub) -> None:
 
 def _generate(args) -> int:
     from llmft import io
-    from llmft.generate import as_record, generate, run_prompts, to_inference_device
-    from llmft.model import load_run_model
+    from llmft.evaluation.generate import as_record, generate, run_prompts, to_inference_device
+    from llmft.training.model import load_run_model
 
     if args.input and not args.instruction:
         raise LlmftError("--input goes with --instruction")
@@ -116,7 +116,7 @@ def _generate(args) -> int:
 
 
 def _template_info(model, run_dir) -> dict:
-    from llmft.model import load_template
+    from llmft.training.model import load_template
 
     return getattr(model, "llmft_template", None) or load_template(run_dir)
 
@@ -140,8 +140,8 @@ def _register_chat(sub) -> None:
 
 
 def _chat(args) -> int:
-    from llmft.generate import chat_loop, to_inference_device
-    from llmft.model import load_run_model
+    from llmft.evaluation.generate import chat_loop, to_inference_device
+    from llmft.training.model import load_run_model
 
     options = _options(args)
     model, tokenizer = load_run_model(_run_dir(args.run_dir))
@@ -169,7 +169,7 @@ def _register_merge(sub) -> None:
 
 
 def _merge(args) -> int:
-    from llmft.merge import merge_run
+    from llmft.evaluation.merge import merge_run
 
     out = merge_run(_run_dir(args.run_dir), args.out, args.dtype)
     print(f"merged model written to {out}", file=sys.stderr)

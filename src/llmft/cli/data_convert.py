@@ -9,8 +9,8 @@ from typing import Iterable
 from llmft.config import DataConfig, load_config
 from llmft.errors import LlmftError
 from llmft.io import atomic_write, dumps_record, progress
-from llmft.records import Record, Reject
-from llmft.sources import SOURCES, convert
+from llmft.data.records import Record, Reject
+from llmft.data.sources import SOURCES, convert
 
 
 @dataclass

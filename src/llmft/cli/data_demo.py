@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from llmft.errors import LlmftError
-    from llmft.sources.demo import write_demo
+    from llmft.data.demo import write_demo
 
     if args.instances < 1:
         raise LlmftError(f"--instances must be at least 1, got {args.instances}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from llmft.download import BASE_URL_ENV, SOURCE_NAMES
+    from llmft.data.download import BASE_URL_ENV, SOURCE_NAMES
 
     parser = sub.add_parser(
         "download",
@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from llmft.download import download
+    from llmft.data.download import download
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     result = download(args.out, sources, base_url=args.base_url, verify_files=not args.no_verify,

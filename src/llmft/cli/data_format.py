@@ -6,14 +6,14 @@ from pathlib import Path
 
 from llmft.errors import InputFormatError, LlmftError
 from llmft.io import atomic_dir, dumps_record, progress, read_jsonl, write_json
-from llmft.prompts import TEMPLATES, render
+from llmft.data.prompts import TEMPLATES, render
 
 SPLITS = ("train", "dev", "test")
 
 
 def load_tokenizer(name: str):
     try:
-        from llmft.model import load_tokenizer as load
+        from llmft.training.model import load_tokenizer as load
     except ImportError:
         from transformers import AutoTokenizer
 

@@ -67,7 +67,7 @@ def summary(manifest: dict, out: str) -> str:
 
 def run(args) -> int:
     from llmft.config import DataConfig, load_config
-    from llmft.prepare import prepare
+    from llmft.data.prepare import prepare
 
     cfg = load_config(DataConfig, args.config, overrides_from(args))
     manifest = prepare(cfg, args.out)

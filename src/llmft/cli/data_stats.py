@@ -15,7 +15,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from llmft.stats import collect, format_table
+    from llmft.data.stats import collect, format_table
 
     stats = collect(args.dir)
     print(json.dumps(stats, indent=2) if args.json else format_table(stats))

@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 def sources_from(args) -> dict[str, list[str]]:
     from llmft.errors import LlmftError
-    from llmft.pipeline import downloaded_sources
+    from llmft.pipeline.recipe import downloaded_sources
 
     given = {dest: getattr(args, dest) for _, dest, _ in SOURCE_FLAGS if getattr(args, dest)}
     if args.downloaded and given:
@@ -40,7 +40,8 @@ def sources_from(args) -> dict[str, list[str]]:
 
 
 def run(args) -> int:
-    from llmft.pipeline import load_recipe, run_pipeline
+    from llmft.pipeline.recipe import load_recipe
+    from llmft.pipeline.runner import run_pipeline
 
     budget = [] if args.budget_minutes is None else [f"budget_minutes={args.budget_minutes}"]
     recipe = load_recipe(args.recipe, args.overrides + budget)

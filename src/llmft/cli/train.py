@@ -76,7 +76,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 def main(args) -> int:
     from llmft.config import TrainConfig, load_config
-    from llmft.train import train
+    from llmft.training.trainer import train
 
     cfg = load_config(TrainConfig, args.config, overrides_from(args))
     summary = train(cfg)

@@ -132,7 +132,7 @@ class TrainingRate:
 
 def measure_training(cfg: TrainConfig, steps: int = PROBE_STEPS) -> TrainingRate:
     """Time a throw-away Trainer on the run's own data and settings (its folder is deleted afterwards)."""
-    from llmft.train import Trainer
+    from llmft.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="llmft-budget-") as tmp:
         probe = dataclasses.replace(cfg, out=str(Path(tmp) / "probe"), resume=False, max_steps=steps + 1,
@@ -183,8 +183,8 @@ def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int) ->
     tokens, so the probe stays cheap however long the eval prompts are."""
     import torch
 
-    from llmft.generate import encode_prompt
-    from llmft.model import attach_adapter, load_model, load_tokenizer
+    from llmft.evaluation.generate import encode_prompt
+    from llmft.training.model import attach_adapter, load_model, load_tokenizer
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
@@ -242,10 +242,10 @@ def _generate(model, ids, mask, new_tokens: int) -> float:
 
 def eval_inputs(test_jsonl: Path, cfg: TrainConfig, eval_cfg: EvalConfig) -> dict:
     """Tasks, prompts, prompt and response token counts of the records `evaluate_run` would score."""
-    from llmft.evaluate import load_eval_records
-    from llmft.generate import encode_prompt
-    from llmft.model import load_tokenizer
-    from llmft.prompts import render
+    from llmft.evaluation.evaluate import load_eval_records
+    from llmft.evaluation.generate import encode_prompt
+    from llmft.training.model import load_tokenizer
+    from llmft.data.prompts import render
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     records = load_eval_records(test_jsonl, eval_cfg.limit)
@@ -342,7 +342,7 @@ def fit_recipe(recipe, layout, log):
 
 
 def write_eval_subset(test_jsonl: Path, out: Path, per_task: int, limit: int = 0) -> int:
-    from llmft.evaluate import load_eval_records
+    from llmft.evaluation.evaluate import load_eval_records
 
     records = load_eval_records(test_jsonl, limit)
     keep = first_per_task([r.get("task", "unknown") for r in records], per_task)

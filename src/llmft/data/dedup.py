@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmft.records import Record
+from llmft.data.records import Record
 
 NUM_PERM = 64               # per part: instruction, and input + output
 SHINGLE_WORDS = 3           # shingles() is written for 3

@@ -14,7 +14,7 @@ MERGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 def merged_model(run_dir: str | Path):
     """(merged model, tokenizer, template info): the adapter folded into fp32 base weights, then unloaded."""
-    from llmft.model import load_run_model
+    from llmft.training.model import load_run_model
 
     model, tokenizer = load_run_model(run_dir, adapter=True, dtype=torch.float32)
     info = model.llmft_template

@@ -21,8 +21,8 @@ from typing import Iterator
 from llmft.config import DataConfig
 from llmft.errors import InputFormatError, LlmftError
 from llmft.io import load_json
-from llmft.records import Record, Reject, stable_id
-from llmft.sources.base import SkipItem, TextFields, check_output, clean_text, expand_units
+from llmft.data.records import Record, Reject, stable_id
+from llmft.data.sources.base import SkipItem, TextFields, check_output, clean_text, expand_units
 
 # Rejects that follow from a selection the user made, not from bad input: `--strict` does not fail on them.
 POLICY_REASONS = frozenset({"language not selected", "over max_instances_per_task"})

@@ -16,8 +16,8 @@ from typing import IO, Iterator
 
 from llmft.config import DataConfig
 from llmft.errors import InputFormatError
-from llmft.records import Record, Reject, stable_id
-from llmft.sources.base import SkipItem, TextFields, check_instruction, check_output, expand_units, iter_jsonl
+from llmft.data.records import Record, Reject, stable_id
+from llmft.data.sources.base import SkipItem, TextFields, check_instruction, check_output, expand_units, iter_jsonl
 
 SOURCE = "unnatural-instructions"
 INPUT_SLOT = "{INPUT}"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from llmft.errors import LlmftError
-from llmft.tokenize import IGNORE_INDEX, Example
+from llmft.training.tokenize import IGNORE_INDEX, Example
 
 NON_MODEL_KEYS = ("labels", "n_trainable")
 _MEGA_BATCH = 50  # length grouping sorts within windows of this many batches, so batches stay shuffled

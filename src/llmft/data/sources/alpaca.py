@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from llmft.config import DataConfig
-from llmft.records import Record, Reject, stable_id
-from llmft.sources.base import (
+from llmft.data.records import Record, Reject, stable_id
+from llmft.data.sources.base import (
     SkipItem,
     TextFields,
     check_instruction,

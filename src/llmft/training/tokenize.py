@@ -17,7 +17,7 @@ import numpy as np
 
 from llmft.errors import LlmftError
 from llmft.io import atomic_dir, dumps_record, progress, write_json
-from llmft.prompts import render
+from llmft.data.prompts import render
 
 IGNORE_INDEX = -100
 CACHE_FORMAT = 1  # bump when the encoding changes, so old caches are never read

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from llmft import dedup, splits
-from llmft.clean import clean
+from llmft.data import dedup
+from llmft.data import splits
+from llmft.data.clean import clean
 from llmft.config import DataConfig, to_dict
 from llmft.errors import LlmftError
 from llmft.io import atomic_dir, dumps_record, progress, sha256_file
-from llmft.records import SOURCES as SOURCE_ORDER
-from llmft.records import FIELDS, Record, Reject
+from llmft.data.records import SOURCES as SOURCE_ORDER
+from llmft.data.records import FIELDS, Record, Reject
 
 FORMAT = "llmft.prepared-data/1"
 STAGES = ("convert", "clean", "dedup", "split", "decontaminate")
@@ -43,7 +44,7 @@ def config_field(source: str) -> str:
 
 
 def source_module(source: str):
-    from llmft.sources import SOURCES
+    from llmft.data.sources import SOURCES
 
     return SOURCES[source]
 

@@ -22,7 +22,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from llmft.fused_lora import FusedLoraLinear, cast_to, lora_backward, lora_forward
+from llmft.training.fused_lora import FusedLoraLinear, cast_to, lora_backward, lora_forward
 
 
 class _SwiGLUDownFn(torch.autograd.Function):

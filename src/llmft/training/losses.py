@@ -20,7 +20,7 @@ and log_softmax twice, log_softmax backward, grad-input matmul) took 0.368 s of 
 losses agree to 1e-7 relative. Rerun it with:
 
     import time, torch
-    from llmft.losses import causal_lm_loss_sum
+    from llmft.training.losses import causal_lm_loss_sum
     torch.set_num_threads(1)
     N, H, V = 400, 576, 49152
     h = torch.randn(1, N + 1, H).bfloat16().requires_grad_(); w = (torch.randn(V, H) * 0.02).bfloat16()
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from llmft.tokenize import IGNORE_INDEX
+from llmft.training.tokenize import IGNORE_INDEX
 
 # rows per chunk: 256 keeps the fp32 + bf16 logits of a chunk at ~75 MB for a 49k vocabulary; 1024 was as fast in
 # bench/train_throughput.py but 120 MB more peak RSS

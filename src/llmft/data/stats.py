@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llmft.errors import LlmftError
 from llmft.io import read_jsonl
-from llmft.splits import SPLITS
+from llmft.data.splits import SPLITS
 
 PERCENTILES = (50, 90, 99)
 MEASURES = ("prompt_chars", "output_chars", "prompt_tokens", "output_tokens")

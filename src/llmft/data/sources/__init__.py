@@ -10,9 +10,9 @@ from typing import Iterator
 
 from llmft.config import DataConfig
 from llmft.errors import LlmftError
-from llmft.records import Record, Reject
-from llmft.sources import alpaca, natural_instructions, self_instruct, unnatural_instructions
-from llmft.sources.base import SkipItem
+from llmft.data.records import Record, Reject
+from llmft.data.sources import alpaca, natural_instructions, self_instruct, unnatural_instructions
+from llmft.data.sources.base import SkipItem
 
 SOURCES = {
     "alpaca": alpaca,

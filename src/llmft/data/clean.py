@@ -11,7 +11,7 @@ import re
 from typing import Callable
 
 from llmft.config import DataConfig
-from llmft.records import Record
+from llmft.data.records import Record
 
 # C0/C1 control characters and DEL, except tab and newline (carriage returns become newlines first).
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")

@@ -12,10 +12,10 @@ import torch
 from llmft import io
 from llmft.config import EvalConfig, check
 from llmft.errors import InputFormatError, LlmftError
-from llmft.generate import GenerationOptions, generate, to_inference_device
-from llmft.metrics import aggregate, aggregate_by, score_prediction
-from llmft.records import validate_record
-from llmft.tokenize import IGNORE_INDEX
+from llmft.evaluation.generate import GenerationOptions, generate, to_inference_device
+from llmft.evaluation.metrics import aggregate, aggregate_by, score_prediction
+from llmft.data.records import validate_record
+from llmft.training.tokenize import IGNORE_INDEX
 
 LOSS_TOKENS_PER_BATCH = 8192   # padded tokens per loss forward (the chunked loss never holds full logits)
 
@@ -70,7 +70,7 @@ def references_of(record: dict) -> list[str]:
 
 def _encode(prompt: str, response: str, tokenizer, max_length: int):
     """(input_ids, labels) exactly as training built them, or None when no response token survives truncation."""
-    from llmft.tokenize import encode
+    from llmft.training.tokenize import encode
 
     example = encode(prompt, response, tokenizer, max_length)
     return None if example is None else (example.input_ids.tolist(), example.labels.tolist())
@@ -91,7 +91,7 @@ def _loss_batches(lengths: list[int]) -> list[list[int]]:
 def response_loss(model, examples: list[tuple[list[int], list[int]]], pad_id: int, desc: str = "loss") -> dict:
     """Token-weighted mean cross-entropy over response tokens (right-padded batches, pads masked), and its
     perplexity; the chunked loss of training (losses.py) when it matches the model's own logits."""
-    from llmft.losses import chunked_loss_matches, model_loss_sum
+    from llmft.training.losses import chunked_loss_matches, model_loss_sum
 
     device = next(model.parameters()).device
     chunked = chunked_loss_matches(model)
@@ -140,7 +140,7 @@ def _base_model(run_dir: Path, tuned):
         with tuned.disable_adapter():
             yield tuned
         return
-    from llmft.model import load_run_model
+    from llmft.training.model import load_run_model
 
     base, _ = load_run_model(run_dir, adapter=False)
     try:
@@ -153,9 +153,9 @@ def _base_model(run_dir: Path, tuned):
 
 def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     """Score the run on `cfg.split`; writes eval.json, predictions.jsonl and eval.png into the run folder."""
-    from llmft.model import load_run_model
-    from llmft.prompts import render
-    from llmft.report import comparison_table, plot_base_vs_tuned
+    from llmft.training.model import load_run_model
+    from llmft.data.prompts import render
+    from llmft.evaluation.report import comparison_table, plot_base_vs_tuned
 
     cfg = cfg or EvalConfig()
     check(cfg)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from llmft import io
-from llmft.attention import preferred_attention
+from llmft.training.attention import preferred_attention
 from llmft.errors import LlmftError
 
 EMBEDDED_MODELS = {
@@ -193,7 +193,7 @@ def attach_adapter(model, cfg):
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from llmft.fused_lora import fuse_lora_layers
+    from llmft.training.fused_lora import fuse_lora_layers
 
     if cfg.qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.grad_checkpointing,

@@ -53,7 +53,7 @@ def stop_token_ids(tokenizer, template: str | None = None) -> list[int]:
 def encode_prompt(tokenizer, prompt: str, prefix: list[int] | None = None) -> list[int]:
     """Prompt token ids exactly as training built them (tokenize.encode): the tokenizer's leading special tokens,
     then the prompt tokenized without special tokens (unless the prompt text already starts with them)."""
-    from llmft.tokenize import special_prefix
+    from llmft.training.tokenize import special_prefix
 
     prefix = list(special_prefix(tokenizer) if prefix is None else prefix)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -118,7 +118,7 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], options: Generatio
     config = _generation_config(options, stop_ids, pad_id)
     if options.seed is not None:
         torch.manual_seed(options.seed)
-    from llmft.tokenize import special_prefix
+    from llmft.training.tokenize import special_prefix
 
     prefix = special_prefix(tokenizer)
     encoded = [encode_prompt(tokenizer, p, prefix) for p in prompts]
@@ -163,7 +163,7 @@ def as_record(row: dict, number: int = 1) -> dict:
 
 def run_prompts(records: Sequence[dict], tokenizer, info: dict) -> list[str]:
     """Prompts rendered with the template the run was trained with (template.json), so inference matches."""
-    from llmft.prompts import render
+    from llmft.data.prompts import render
 
     return [render(r, info["template"], tokenizer=tokenizer, k_positive=info.get("k_positive", 0))[0]
             for r in records]
