@@ -16,6 +16,19 @@ from llmft.errors import LlmftError
 
 # ---------------------------------------------------------------- the configs
 
+def flag(default=dataclasses.MISSING, *, help: str | None = None, group: str | None = None, name: str | None = None,
+         choices: tuple | None = None, exclusive: str | None = None, metavar: str | None = None,
+         default_factory=dataclasses.MISSING):
+    """A config key that is also a command-line flag of its command (`cli.flags.add_config_flags` builds the flags
+    from these, so a new key is added in one place). `name` overrides `--key-name` (a `--no-...` name makes a bool
+    flag that sets False); keys sharing an `exclusive` label form a mutually exclusive group."""
+    meta = {"cli": {"help": help, "group": group, "name": name, "choices": choices, "exclusive": exclusive,
+                    "metavar": metavar}}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class DataConfig:
     """`llmft data prepare`: which raw files, how to clean, dedup and split them."""
@@ -57,45 +70,54 @@ class DataConfig:
         return problems
 
 
+MODEL, PROMPTS, LOOP, RUN = "model and adapter", "prompts", "optimisation", "evaluation, checkpoints, logging"
+
+
 @dataclass
 class TrainConfig:
     """`llmft train`: model, adapter, data, batching and the optimisation loop."""
-    data: str = ""
-    out: str = ""
-    model: str = "smollm2-135m"
-    method: str = "lora"                    # lora | full
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0              # PEFT and torchtune default; on CPU 0.05 costs ~20% of a step
-    lora_targets: str = "all-linear"        # all-linear, or comma-separated module names
-    use_rslora: bool = False
-    use_dora: bool = False
-    qlora: bool = False                     # 4-bit base (CUDA + bitsandbytes only)
-    template: str = "alpaca"                # alpaca | superni | chat
-    k_positive: int = 0                     # superni template: positive examples in the prompt
-    max_length: int = 512
-    packing: bool = True                    # else length-grouped padded batches
-    batch_tokens: int = 4096                # token budget per micro-batch (packing)
+    data: str = flag("", help="prepared data folder (train.jsonl, dev.jsonl) or one JSONL file of records or "
+                     "{prompt, completion} rows (then a seeded 5%% is the dev set)")
+    out: str = flag("", help="run folder")
+    model: str = flag("smollm2-135m", group=MODEL,
+                      help="smollm2-135m (embedded, default), a local HF folder or a hub id")
+    method: str = flag("lora", group=MODEL, choices=("lora", "full"))
+    lora_r: int = flag(16, group=MODEL)
+    lora_alpha: int = flag(32, group=MODEL)
+    lora_dropout: float = flag(0.0, group=MODEL)   # PEFT and torchtune default; on CPU 0.05 costs ~20% of a step
+    lora_targets: str = flag("all-linear", group=MODEL, help="all-linear (every linear layer but the output head) "
+                             "or comma-separated module names such as q_proj,v_proj")
+    use_rslora: bool = flag(False, group=MODEL, help="rank-stabilised LoRA scaling")
+    use_dora: bool = flag(False, group=MODEL, help="weight-decomposed LoRA (DoRA)")
+    qlora: bool = flag(False, group=MODEL, help="4-bit NF4 base (CUDA + bitsandbytes)")
+    template: str = flag("alpaca", group=PROMPTS, choices=("alpaca", "superni", "chat"))
+    k_positive: int = flag(0, group=PROMPTS, help="superni template: positive examples in the prompt (0-2)")
+    max_length: int = flag(512, group=PROMPTS, help="tokens per example (longer ones are truncated, counted)")
+    packing: bool = flag(True, group=LOOP, name="--no-packing",
+                         help="length-grouped padded batches instead of packing")
+    batch_tokens: int = flag(4096, group=LOOP, exclusive="size", help="token budget of a packed micro-batch")
     row_tokens: int = 0                     # packing: rows of at most this per forward (0: 1024 or max_length on CPU, one row on GPU)
-    batch_size: int = 8                     # examples per micro-batch (no packing)
-    grad_accum: int = 1
-    max_steps: int = 0                      # 0: use epochs
-    epochs: float = 1.0
-    lr: float = 2e-4
+    batch_size: int = flag(8, group=LOOP, exclusive="size",
+                           help="examples per padded micro-batch (with --no-packing)")
+    grad_accum: int = flag(1, group=LOOP, help="micro-batches per optimizer step (per process)")
+    max_steps: int = flag(0, group=LOOP, exclusive="length", help="optimizer steps (overrides --epochs)")
+    epochs: float = flag(1.0, group=LOOP, exclusive="length")
+    lr: float = flag(2e-4, group=LOOP)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
-    bf16: str = "auto"                      # auto | true | false
-    grad_checkpointing: bool = False
-    eval_every: int = 50
-    save_every: int = 100
+    bf16: str = flag("auto", group=LOOP, choices=("auto", "true", "false"),
+                     help="bf16 autocast (auto: on CUDA with bf16, or a CPU with AVX512-BF16/AMX)")
+    grad_checkpointing: bool = flag(False, group=LOOP)
+    eval_every: int = flag(50, group=RUN, help="dev loss every N steps (0: only before and after)")
+    save_every: int = flag(100, group=RUN, help="checkpoint every N steps (0: none)")
     keep_checkpoints: int = 2               # newest checkpoints kept in RUN_DIR/checkpoints (0: all)
     log_every: int = 1
     dev_limit: int = 200                    # dev examples scored at each evaluation
-    seed: int = 0
-    resume: bool = False
-    tensorboard: bool = False
-    trust_remote_code: bool = False
+    seed: int = flag(0, group=LOOP)
+    resume: bool = flag(False, group=RUN, help="continue RUN_DIR from its last checkpoint")
+    tensorboard: bool = flag(False, group=RUN, help="also log to RUN_DIR/tensorboard")
+    trust_remote_code: bool = flag(False, group=MODEL)
 
     def validate(self) -> list[str]:
         problems = []
