@@ -5,7 +5,8 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FIELDS = ("id", "source", "task", "instruction", "input", "output", "references", "meta")
+FIELDS = ("id", "source", "task", "instruction", "input", "output", "references", "meta", "messages")
+ROLES = ("system", "user", "assistant")
 SOURCES = ("alpaca", "self-instruct", "natural-instructions", "unnatural-instructions")
 
 
@@ -19,13 +20,24 @@ class Record:
     output: str
     references: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # A conversation keeps its turns here, [{"role": "system"|"user"|"assistant", "content": str}, ...]; its
+    # single-turn view is instruction = the first user turn, input = "", output = the last assistant turn.
+    # Empty for single-turn records (and then left out on disk, so their files are unchanged).
+    messages: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.references:
             self.references = [self.output]
 
+    @property
+    def is_conversation(self) -> bool:
+        return bool(self.messages)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.messages:
+            del d["messages"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Record":
@@ -54,6 +66,10 @@ def validate_record(d: dict) -> list[str]:
         problems.append("field 'references' must be a list of strings")
     if not isinstance(d.get("meta", {}), dict):
         problems.append("field 'meta' must be an object")
+    messages = d.get("messages", [])
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages):
+        problems.append("field 'messages' must be a list of {role: system|user|assistant, content: string}")
     return problems
 
 
