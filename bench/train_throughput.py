@@ -37,8 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-# The environment as the user started this script, before llmft (imported for the data) sets its OpenMP defaults:
-# every contender starts from it, so TRL runs as a TRL user's process would and llmft applies its own defaults.
+# The environment as the user started this script: every contender starts from it, so TRL runs as a TRL user's
+# process would; the llmft child gets what llmft's command line adds (GOMP_SPINCOUNT).
 USER_ENV = dict(os.environ)
 SECTION = "## Training throughput"
 ALPACA = _common.REPO.parent / "shared" / "fixtures" / "raw" / "alpaca" / "alpaca_data.json"
@@ -99,11 +99,11 @@ def run_llmft(work: Path, threads: int, row_tokens: int = 0) -> dict:
                       batch_tokens=SEQUENCES_PER_STEP * MAX_LENGTH, grad_accum=1, epochs=1.0, lr=LR,
                       warmup_ratio=WARMUP, bf16="true", eval_every=0, save_every=0, dev_limit=0, seed=SEED,
                       row_tokens=row_tokens)
+    from llmft.training.cpu import keep_freed_memory_in_heap
+
+    keep_freed_memory_in_heap()      # what the llmft CLI does before training (threads are set by child_start)
     trainer = Trainer(cfg)
     trainer.setup()
-    import torch
-
-    torch.set_num_threads(threads)   # Trainer sets one thread per physical core; keep every contender the same
     start, cpu_start = time.perf_counter(), time.process_time()
     summary = trainer.fit()
     loop_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
@@ -195,6 +195,8 @@ def run_contender(name: str, work: Path, threads: int, args) -> dict:
            "--threads", str(threads), f"--trl-grad-checkpointing={str(args.trl_grad_checkpointing).lower()}",
            f"--lora-dropout={args.lora_dropout}", f"--row-tokens={args.row_tokens}"]
     env = {**USER_ENV, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    if name == "llmft" and "OMP_WAIT_POLICY" not in env:
+        env.setdefault("GOMP_SPINCOUNT", "10000")      # what the llmft command line sets before torch loads
     print(f"--- {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, env=env, timeout=args.timeout or None)
     if proc.returncode != 0 or not result_file.exists():

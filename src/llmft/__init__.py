@@ -1,12 +1,19 @@
-"""llmft: instruction-tune causal LMs with supervised fine-tuning."""
-import os
+"""llmft: instruction-tune causal LMs with supervised fine-tuning.
 
-# Before torch loads its OpenMP runtime: how long an idle OpenMP thread spins before it sleeps. libgomp's default
-# (300,000 spins) collapses a 2-thread run that shares a core with another busy process (SmolLM2 LoRA on 2 cores:
-# 30 real tokens/s); never spinning (OMP_WAIT_POLICY=PASSIVE) costs 40% on a quiet machine (252 vs 409). 10,000
-# spins keeps the quiet speed (409) and limits the damage (132); the trainer also leaves busy cores out
-# (train.set_cpu_threads). A user's own setting wins.
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+The Python API, one call per stage (each takes a config object or keyword arguments and returns its result):
+
+    import llmft
+    manifest = llmft.prepare(out="data", alpaca=["alpaca_data.json"], split="random")
+    summary = llmft.train(data="data", out="runs/lora", max_steps=100)
+    scores = llmft.evaluate("runs/lora", split="test", limit=200)
+    answers = llmft.generate("runs/lora", ["Give three tips for staying healthy."])
+    folder = llmft.merge("runs/lora", out="merged")
+    summary = llmft.run(out="runs/demo")            # the whole pipeline with a recipe (default: demo)
+
+None of them changes process-wide settings (threads, heap); `llmft.tune_cpu()` applies what the CLI applies.
+The command line (`llmft --help`) calls the same functions.
+"""
+from llmft.api import evaluate, generate, merge, prepare, run, train, tune_cpu
 
 __version__ = "0.1.0"
+__all__ = ["prepare", "train", "evaluate", "generate", "merge", "run", "tune_cpu", "__version__"]

@@ -27,19 +27,27 @@ def _register_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, help="prompts generated at once (default: 16)")
     p.add_argument("--no-base", dest="base", action="store_const", const=False,
                    help="skip the base model (without the adapter)")
+    _add_trust(p)
     p.set_defaults(func=_eval)
 
 
 def _eval(args) -> int:
+    from llmft.api import tune_cpu
     from llmft.config import EvalConfig, load_config
     from llmft.evaluation.evaluate import evaluate_run
 
     overrides = {"split": args.split, "data": args.data, "max_new_tokens": args.max_new_tokens,
                  "limit": args.limit, "batch_size": args.batch_size, "base": args.base}
     cfg = load_config(EvalConfig, args.config, overrides)
-    evaluate_run(_run_dir(args.run_dir), cfg)
+    tune_cpu()
+    evaluate_run(_run_dir(args.run_dir), cfg, trust_remote_code=args.trust_remote_code)
     print(f"wrote {Path(args.run_dir) / 'eval.json'}, predictions.jsonl and eval.png", file=sys.stderr)
     return 0
+
+
+def _add_trust(p) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the model run its own Python code (auto_map); never taken from the run folder")
 
 
 # ---------------------------------------------------------------- generate / chat
@@ -87,18 +95,22 @@ def _register_generate(sub) -> None:
     p.add_argument("--out", help="write predictions here instead of stdout")
     p.add_argument("--no-adapter", action="store_true", help="generate with the base model the run started from")
     _add_sampling(p)
+    _add_trust(p)
     p.set_defaults(func=_generate)
 
 
 def _generate(args) -> int:
     from llmft import io
+    from llmft.api import tune_cpu
     from llmft.evaluation.generate import as_record, generate, run_prompts, to_inference_device
     from llmft.training.model import load_run_model
 
     if args.input and not args.instruction:
         raise LlmftError("--input goes with --instruction")
     options = _options(args)
-    model, tokenizer = load_run_model(_run_dir(args.run_dir), adapter=not args.no_adapter)
+    tune_cpu()
+    model, tokenizer = load_run_model(_run_dir(args.run_dir), adapter=not args.no_adapter,
+                                      trust_remote_code=args.trust_remote_code)
     info = _template_info(model, args.run_dir)
     model = to_inference_device(model)
     if args.instruction is not None:
@@ -136,15 +148,18 @@ def _register_chat(sub) -> None:
     p = sub.add_parser("chat", help="talk to a run's model in the terminal (/reset, /exit)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     _add_sampling(p)
+    _add_trust(p)
     p.set_defaults(func=_chat)
 
 
 def _chat(args) -> int:
+    from llmft.api import tune_cpu
     from llmft.evaluation.generate import chat_loop, to_inference_device
     from llmft.training.model import load_run_model
 
     options = _options(args)
-    model, tokenizer = load_run_model(_run_dir(args.run_dir))
+    tune_cpu()
+    model, tokenizer = load_run_model(_run_dir(args.run_dir), trust_remote_code=args.trust_remote_code)
     info = _template_info(model, args.run_dir)
     read = input if sys.stdin.isatty() else (lambda _prompt: _read_line())
     chat_loop(to_inference_device(model), tokenizer, info, options, read=read)
@@ -165,12 +180,13 @@ def _register_merge(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="the merged model folder (must not exist or be empty)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    _add_trust(p)
     p.set_defaults(func=_merge)
 
 
 def _merge(args) -> int:
     from llmft.evaluation.merge import merge_run
 
-    out = merge_run(_run_dir(args.run_dir), args.out, args.dtype)
+    out = merge_run(_run_dir(args.run_dir), args.out, args.dtype, trust_remote_code=args.trust_remote_code)
     print(f"merged model written to {out}", file=sys.stderr)
     return 0

@@ -40,10 +40,12 @@ def sources_from(args) -> dict[str, list[str]]:
 
 
 def run(args) -> int:
+    from llmft.api import tune_cpu
     from llmft.pipeline.recipe import load_recipe
     from llmft.pipeline.runner import run_pipeline
 
     budget = [] if args.budget_minutes is None else [f"budget_minutes={args.budget_minutes}"]
     recipe = load_recipe(args.recipe, args.overrides + budget)
+    tune_cpu()
     run_pipeline(recipe, args.out, sources=sources_from(args))
     return 0

@@ -32,10 +32,12 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 
 def main(args) -> int:
+    from llmft.api import tune_cpu
     from llmft.config import load_config
     from llmft.training.trainer import train
 
     cfg = load_config(TrainConfig, args.config, overrides_from(args))
+    tune_cpu()
     summary = train(cfg)
     if summary is not None:       # the main process reports
         print(format_summary(summary, cfg.out))

@@ -1,29 +1,128 @@
-"""CPU tuning for training: threads per core, the bf16 choice, and glibc's heap. Process-wide settings, so only the
-trainer (asked by the CLI or the caller) applies them."""
+"""CPU tuning: threads per core, the bf16 choice, and glibc's heap. Threads and heap are process-wide settings, so
+llmft never changes them on its own: the CLI calls `tune_process()` before training or generating, and a Python user
+may (`llmft.tune_cpu()`)."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-def cpu_has_bf16() -> bool:
-    capability = torch.backends.cpu.get_cpu_capability().upper()
-    if "AMX" in capability or "BF16" in capability:
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+from llmft import io
+from llmft.errors import LlmftError
+
+ISA_ENVIRONMENT = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+# The probe: one frozen linear of a small model's MLP (SmolLM2-135M: 576 -> 1536), forward and input gradient, as a
+# LoRA step runs its base weights, over a packed row's worth of tokens. Small enough that a kernel 100x slower than
+# fp32 (bf16 emulated on AVX2) still answers in a fraction of a second.
+PROBE_SHAPE = (256, 576, 1536)         # tokens, in, out
+PROBE_REPS = 5
+PROBE_MAX_S = 1.5                      # stop repeating once the probe has taken this long
+# bf16 must beat fp32 by this much on the probe: a bf16 step also pays autocast's casts and bf16 elementwise kernels,
+# which the matmul probe does not see (train runs below this margin were no faster in bf16).
+BF16_MIN_SPEEDUP = 1.25
+DTYPE_CACHE = "compute-dtype"
+
+
+@dataclass
+class DtypeChoice:
+    bf16: bool
+    reason: str                        # "forced" (--bf16 true/false), "cuda", "measured", "cached", "not-cpu"
+    rates: dict | None = None          # the probe's GFLOP/s per dtype, threads, key
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def resolve_bf16(setting: str, device: torch.device) -> bool:
+    return choose_compute_dtype(setting, device).bf16
+
+
+def choose_compute_dtype(setting: str, device: torch.device) -> DtypeChoice:
+    """`--bf16 true|false` wins; on CUDA, bf16 where the GPU supports it; on the CPU, bf16 only when its matmul
+    kernels really run faster than fp32 here (a short probe, cached per machine and ISA setting). A CPU flag is not
+    enough: AVX512-BF16 without AMX ran bf16 matmuls at half the fp32 rate on one Xeon, and under an AVX2-only ISA
+    bf16 is emulated ~100x slower."""
     if setting in ("true", "false"):
-        return setting == "true"
+        return DtypeChoice(setting == "true", "forced")
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_bf16()
+        return DtypeChoice(torch.cuda.is_bf16_supported(), "cuda")
+    if device.type != "cpu":
+        return DtypeChoice(False, "not-cpu")
+    path = io.cache_dir() / DTYPE_CACHE / f"{machine_key()}.json"
+    if path.exists():
+        try:
+            rates = io.load_json(path)
+            return DtypeChoice(bool(rates["bf16_faster"]), "cached", rates)
+        except (LlmftError, KeyError, TypeError):
+            pass                                            # a damaged cache entry is measured again
+    rates = {**measure_matmul_rates(), "key": machine_key()}
+    rates["bf16_faster"] = rates["bf16_gflops"] >= BF16_MIN_SPEEDUP * rates["fp32_gflops"]
+    try:
+        io.write_json(path, rates)
+    except OSError:
+        pass                                                # a read-only cache only costs a probe next time
+    return DtypeChoice(rates["bf16_faster"], "measured", rates)
+
+
+def machine_key() -> str:
+    """What decides which kernels run: the CPU (model name and flags), the torch build, the ISA caps set in the
+    environment, and ATen's dispatch level."""
+    import hashlib
+    import platform
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                cpu += line + "\n"
+            if line.startswith("flags"):
+                break
+    except OSError:
+        cpu = platform.processor() or platform.machine()
+    parts = [cpu, torch.__version__, torch.backends.cpu.get_cpu_capability()]
+    parts += [f"{name}={os.environ.get(name, '')}" for name in ISA_ENVIRONMENT]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def measure_matmul_rates(shape: tuple[int, int, int] = PROBE_SHAPE, reps: int = PROBE_REPS,
+                         max_s: float = PROBE_MAX_S) -> dict:
+    """GFLOP/s of the probe linear (forward + input gradient) in fp32 and in bf16, the best of alternating repeats,
+    so a load swing on a shared machine hits both dtypes alike."""
+    tokens, d_in, d_out = shape
+    flops = 2 * 2 * tokens * d_in * d_out
+    generator = torch.Generator().manual_seed(0)
+    weights = {dtype: (torch.randn(d_out, d_in, generator=generator) * 0.02).to(dtype)
+               for dtype in (torch.float32, torch.bfloat16)}
+    x = torch.randn(tokens, d_in, generator=generator)
+    inputs = {dtype: x.to(dtype) for dtype in weights}
+    best = {dtype: float("inf") for dtype in weights}
+    started = time.perf_counter()
+    for rep in range(reps + 1):                        # the first round is a warm-up (kernel selection, JIT)
+        for dtype in weights:
+            seconds = _linear_seconds(inputs[dtype], weights[dtype])
+            if rep:
+                best[dtype] = min(best[dtype], seconds)
+        if rep and time.perf_counter() - started > max_s:
+            break
+    if not any(math.isfinite(s) for s in best.values()):          # the warm-up alone ran past max_s
+        best = {dtype: _linear_seconds(inputs[dtype], weights[dtype]) for dtype in weights}
+    return {"fp32_gflops": round(flops / best[torch.float32] / 1e9, 2),
+            "bf16_gflops": round(flops / best[torch.bfloat16] / 1e9, 2),
+            "threads": torch.get_num_threads(), "probe_shape": list(shape),
+            "probe_s": round(time.perf_counter() - started, 3)}
+
+
+def _linear_seconds(x: torch.Tensor, weight: torch.Tensor) -> float:
+    x = x.detach().requires_grad_(True)
+    started = time.perf_counter()
+    out = torch.nn.functional.linear(x, weight)
+    out.backward(torch.ones_like(out))
+    return time.perf_counter() - started
 
 
 def set_cpu_threads(local_world_size: int) -> int:
@@ -72,3 +171,13 @@ def keep_freed_memory_in_heap() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]     # values above 2^31 would be truncated silently
     return all(mallopt(option, value) == 1 for option, value in
                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 256 << 20)))
+
+
+def tune_process() -> dict:
+    """Threads per core (less the cores other processes keep busy) and, on CPU, glibc's heap kept for reuse."""
+    from llmft.training.distributed import local_world_size
+
+    if torch.cuda.is_available():
+        return {"threads": torch.get_num_threads(), "heap_kept": False}
+    threads = set_cpu_threads(local_world_size())
+    return {"threads": threads, "heap_kept": keep_freed_memory_in_heap()}

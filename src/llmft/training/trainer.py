@@ -28,9 +28,9 @@ from llmft.training import run_folder as runfolder
 from llmft.training.batching import Batcher, model_inputs, packing_is_isolated
 from llmft.training.checkpoint import (Progress, check_resumable, gathered_state, list_checkpoints, load_checkpoint,
                                        save_checkpoint, step_seed)
-from llmft.training.cpu import keep_freed_memory_in_heap, resolve_bf16, set_cpu_threads
+from llmft.training.cpu import choose_compute_dtype
 from llmft.training.data import read_training_data
-from llmft.training.distributed import check_fsdp, is_fsdp, local_world_size, make_accelerator
+from llmft.training.distributed import check_fsdp, is_fsdp, make_accelerator
 from llmft.training.losses import CausalLMLoss
 from llmft.training.model import load_tokenizer, resolve_model
 from llmft.training.optim import build_model, make_optimizer, make_scheduler, trainable_parameters, uses_chunked_loss
@@ -53,16 +53,25 @@ class Trainer:
             check_fsdp(self.acc.state.fsdp_plugin, cfg)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.device = self.acc.device
-        self.threads = set_cpu_threads(local_world_size()) if self.device.type == "cpu" else torch.get_num_threads()
-        if self.device.type == "cpu":
-            keep_freed_memory_in_heap()
-        self.bf16 = resolve_bf16(cfg.bf16, self.device)
+        self.threads = torch.get_num_threads()     # process-wide tuning is the caller's (cpu.tune_process)
+        self.dtype_choice = self._choose_dtype()
+        self.bf16 = self.dtype_choice.bf16
         self.run_dir = Path(cfg.out)
         if self.acc.is_main_process:
             runfolder.prepare_run_dir(self.run_dir, cfg.resume)
             if cfg.resume:
                 check_resumable(self.run_dir, cfg)
         self.acc.wait_for_everyone()
+
+    def _choose_dtype(self):
+        """The compute dtype (measured on the CPU, cached per machine); every rank takes the main process's choice,
+        so a load swing during one rank's probe cannot split the ranks between bf16 and fp32."""
+        choice = [choose_compute_dtype(self.cfg.bf16, self.device) if self.acc.is_main_process else None]
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(choice)
+        return choice[0]
 
     # -------- setup
 
@@ -117,6 +126,7 @@ class Trainer:
         runfolder.write_manifest(run_dir, cfg, self.data.files, {
             "model": {"name": cfg.model, "path": resolve_model(cfg.model)},
             "device": str(self.device), "world_size": self.world, "cpu_threads": self.threads, "bf16": self.bf16,
+            "compute_dtype": self.dtype_choice.to_dict(),
             "distributed": self.acc.distributed_type.value, "engine": type(self.wrapped).__name__,
             "packing_attention": attention if cfg.packing else None, "chunked_loss": self.chunked,
             "row_tokens": row_cap(cfg, self.device) if cfg.packing else None,
