@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # Tests start several processes at once (torchrun workers, CLI subprocesses) on 2 cores: passive OpenMP waits
-# there, unlike the library default (llmft/__init__.py), so oversubscribed threads never spin against each other.
+# there, unlike the command line's default (llmft/cli/__init__.py), so oversubscribed threads never spin against each other.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("LLMFT_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
