@@ -7,13 +7,17 @@
   difference: where Tk-Instruct cuts the whole source from the end, a prompt over `max_prompt_tokens` here drops
   positive examples first, then shortens the definition, and never cuts the "Now complete the following example" tail.
 - `chat`: the tokenizer's chat template; the prompt ends with the generation prompt and the response is the
-  assistant content, so prompt + response + EOS is the rendered conversation (plus any end-of-turn marker).
+  assistant content, so prompt + response + EOS is the rendered conversation (plus any end-of-turn marker). A
+  conversation (a record with `messages`) renders here as its last assistant turn after everything before it, from
+  the rendering of the whole conversation (data/conversation.py); training learns every assistant turn instead.
+- Under alpaca/superni a conversation is its single-turn view (first user turn -> last assistant turn).
 - Rows that already are `{"prompt", "completion"}` pass through unchanged under every template.
 """
 from __future__ import annotations
 
 import string
 
+from llmft.data.conversation import conversation_prompt, is_conversation, with_single_turn_view
 from llmft.errors import LlmftError
 
 TEMPLATES = ("alpaca", "superni", "chat")
@@ -35,6 +39,11 @@ def render(record: dict, template: str, *, tokenizer=None, k_positive: int = 0,
     """(prompt, response) for one record dict (a `Record.to_dict()` or a `{prompt, completion}` row)."""
     if "prompt" in record and "completion" in record:
         return _text(record, "prompt"), _text(record, "completion")
+    if template == "chat" and is_conversation(record):
+        if tokenizer is None:
+            raise LlmftError("the chat template needs a tokenizer (give --model)")
+        return conversation_prompt(record["messages"], tokenizer, record_id=record.get("id"))
+    record = with_single_turn_view(record)
     if template == "alpaca":
         return render_alpaca(record)
     if template == "superni":

@@ -4,6 +4,10 @@ The prompt and the response are tokenised separately and joined, so the prompt i
 for a response marker, which breaks when a marker's tokens merge with its neighbours). The tokenizer's leading
 special tokens (a BOS, for tokenizers that add one) are put in front once; EOS is appended to the response and is a
 label, also when the pad token is the EOS token (SmolLM2), because labels never come from the pad id.
+
+A conversation under the chat template is different: the whole conversation is rendered once by the chat template
+and tokenised once with offsets; the tokens inside the assistant turns' spans (content + end-of-turn marker,
+data/conversation.py) are the labels, every assistant turn or only the last (`train_on`).
 """
 from __future__ import annotations
 
@@ -17,10 +21,11 @@ import numpy as np
 
 from llmft.errors import LlmftError
 from llmft.io import atomic_dir, dumps_record, progress, write_json
+from llmft.data.conversation import is_conversation, render_conversation
 from llmft.data.prompts import render
 
 IGNORE_INDEX = -100
-CACHE_FORMAT = 1  # bump when the encoding changes, so old caches are never read
+CACHE_FORMAT = 2  # bump when the encoding changes, so old caches are never read
 _TOKENIZE_CHUNK = 512
 
 
@@ -98,6 +103,54 @@ def encode_ids(prompt_ids: Sequence[int], response_ids: Sequence[int], prefix: S
     return Example(input_ids, labels, n_trainable, truncated=any(cuts)), cuts
 
 
+def encode_conversation(record: dict, tokenizer, max_length: int, train_on: str = "all_assistant"
+                        ) -> tuple[Example | None, tuple[bool, bool]]:
+    """One conversation: its whole chat-template rendering, tokenised once; labels on the tokens that overlap a
+    trained assistant span. Over max_length, the part before the first trained token loses tokens from the left
+    (as a prompt does) and the rest is cut from the right."""
+    rendered = render_conversation(record["messages"], tokenizer, record_id=record.get("id"))
+    ids, trained = trained_token_mask(rendered.text, rendered.trained_spans(train_on), tokenizer)
+    prefix = special_prefix(tokenizer)
+    if prefix and ids[: len(prefix)] != prefix:
+        ids, trained = prefix + ids, [False] * len(prefix) + trained
+    prefix_len = len(prefix)
+    body, body_mask = ids[prefix_len:], trained[prefix_len:]
+    first = next((i for i, t in enumerate(body_mask) if t), len(body))
+    head, head_mask = body[:first], body_mask[:first]
+    tail, tail_mask = body[first:], body_mask[first:]
+    head_keep, tail_keep, cuts = _truncate_counts(len(head), len(tail), max_length - prefix_len)
+    input_ids = ids[:prefix_len] + head[len(head) - head_keep:] + tail[:tail_keep]
+    mask = trained[:prefix_len] + head_mask[len(head_mask) - head_keep:] + tail_mask[:tail_keep]
+    input_ids = np.asarray(input_ids, dtype=np.int32)
+    labels = np.where(np.asarray(mask, dtype=bool), input_ids, IGNORE_INDEX).astype(np.int32)
+    labels[:1] = IGNORE_INDEX
+    n_trainable = int((labels != IGNORE_INDEX).sum())
+    if n_trainable == 0:
+        return None, cuts
+    return Example(input_ids, labels, n_trainable, truncated=any(cuts)), cuts
+
+
+def trained_token_mask(text: str, spans: Sequence[tuple[int, int]], tokenizer) -> tuple[list[int], list[bool]]:
+    """Token ids of `text` (no special tokens added) and, per token, whether it overlaps one of the character
+    spans (offset mapping of a fast tokenizer)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise LlmftError(f"tokenizer {tokenizer.name_or_path!r} is not a fast tokenizer: conversations need its "
+                         "character offsets to find the assistant turns")
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    trained, spans, k = [], sorted(spans), 0
+    for start, end in encoded["offset_mapping"]:
+        while k < len(spans) and spans[k][1] <= start:
+            k += 1
+        trained.append(k < len(spans) and end > spans[k][0] and start < spans[k][1] and end > start)
+    return list(encoded["input_ids"]), trained
+
+
+def _truncate_counts(n_prompt: int, n_response: int, room: int) -> tuple[int, int, tuple[bool, bool]]:
+    """How many prompt tokens (kept from the right) and response tokens (kept from the left) fit into `room`."""
+    prompt, response, cuts = _truncate(list(range(n_prompt)), list(range(n_response)), room)
+    return len(prompt), len(response), cuts
+
+
 def _truncate(prompt: list[int], response: list[int], room: int) -> tuple[list[int], list[int], tuple[bool, bool]]:
     """Fit into `room` tokens: the prompt loses tokens from the left only as far as the response needs, and
     keeps at least half the room; the response is cut from the right."""
@@ -114,15 +167,18 @@ def _truncate(prompt: list[int], response: list[int], room: int) -> tuple[list[i
 # ---------------------------------------------------------------- a whole split
 
 def tokenize_records(records: Iterable[dict], tokenizer, *, template: str, max_length: int, k_positive: int = 0,
-                     cache_dir: str | Path | None = None, num_proc: int = 1) -> tuple[list[Example], TokenizeReport]:
+                     train_on: str = "all_assistant", cache_dir: str | Path | None = None, num_proc: int = 1
+                     ) -> tuple[list[Example], TokenizeReport]:
     """Render and tokenise every record. With `cache_dir`, the result is stored there (safetensors + JSON) under a
-    key of tokenizer identity, template, k_positive, max_length and the data, and read back on the next call."""
+    key of tokenizer identity, template, k_positive, max_length, train_on and the data, and read back on the next
+    call."""
     records = [r.to_dict() if hasattr(r, "to_dict") else r for r in records]
-    key = cache_key(records, tokenizer, template=template, max_length=max_length, k_positive=k_positive)
+    key = cache_key(records, tokenizer, template=template, max_length=max_length, k_positive=k_positive,
+                    train_on=train_on)
     folder = Path(cache_dir) / key if cache_dir is not None else None
     if folder is not None and (folder / "report.json").exists():
         return _load_cache(folder)
-    examples, report = _tokenize_all(records, tokenizer, template, max_length, k_positive, num_proc)
+    examples, report = _tokenize_all(records, tokenizer, template, max_length, k_positive, train_on, num_proc)
     report.cache_key = key
     if folder is not None:
         _save_cache(folder, examples, report)
@@ -132,9 +188,9 @@ def tokenize_records(records: Iterable[dict], tokenizer, *, template: str, max_l
     return examples, report
 
 
-def _tokenize_all(records, tokenizer, template, max_length, k_positive, num_proc):
+def _tokenize_all(records, tokenizer, template, max_length, k_positive, train_on, num_proc):
     chunks = [records[i:i + _TOKENIZE_CHUNK] for i in range(0, len(records), _TOKENIZE_CHUNK)]
-    args = [(chunk, tokenizer, template, max_length, k_positive) for chunk in chunks]
+    args = [(chunk, tokenizer, template, max_length, k_positive, train_on) for chunk in chunks]
     bar = dict(total=len(records), desc="tokenize", unit="rec")
     results = []
     if num_proc > 1 and len(chunks) > 1:
@@ -155,23 +211,43 @@ def _tokenize_all(records, tokenizer, template, max_length, k_positive, num_proc
 
 def _tokenize_chunk(args) -> tuple[list, list[tuple[bool, bool]]]:
     """(examples or None per record, (prompt cut, response cut) per record) for one chunk of records."""
-    records, tokenizer, template, max_length, k_positive = args
+    records, tokenizer, template, max_length, k_positive, train_on = args
     prefix, eos = special_prefix(tokenizer), eos_id(tokenizer)
-    room = max_length - len(prefix)
-    pairs = [render(r, template, tokenizer=tokenizer, k_positive=k_positive) for r in records]
-    prompts = _ids(tokenizer, [p for p, _ in pairs])
-    responses = _ids(tokenizer, [r for _, r in pairs])
+    conversations = {i for i, r in enumerate(records) if template == "chat" and is_conversation(r)}
+    singles = [r for i, r in enumerate(records) if i not in conversations]
+    pairs = [render(r, template, tokenizer=tokenizer, k_positive=k_positive) for r in singles]
+    encoded = iter(zip(singles, _ids(tokenizer, [p for p, _ in pairs]), _ids(tokenizer, [r for _, r in pairs])))
     out, cuts = [], []
-    for record, prompt_ids, response_ids in zip(records, prompts, responses):
-        if template == "superni" and len(prompt_ids) + len(response_ids) + 1 > room and "prompt" not in record:
-            # Rebuild the prompt to fit (fewer positive examples, shorter definition) instead of cutting it blindly.
-            budget = max(room - len(response_ids) - 1, room // 2)
-            prompt, _ = render(record, template, tokenizer=tokenizer, k_positive=k_positive, max_prompt_tokens=budget)
-            prompt_ids = _ids(tokenizer, [prompt])[0]
-        example, cut = encode_ids(prompt_ids, response_ids, prefix, eos, max_length)
+    for i, record in enumerate(records):
+        if i in conversations:
+            example, cut = encode_conversation(record, tokenizer, max_length, train_on)
+        else:
+            example, cut = _encode_single(*next(encoded), tokenizer, template, k_positive, prefix, eos, max_length)
         out.append(example)
         cuts.append(cut)
     return out, cuts
+
+
+def encode_record(record: dict, tokenizer, *, template: str, max_length: int, k_positive: int = 0,
+                  train_on: str = "all_assistant") -> tuple[Example | None, tuple[bool, bool]]:
+    """One record exactly as training encodes it (evaluation builds its prompts from this): a conversation under
+    the chat template through encode_conversation, anything else as prompt + response + EOS."""
+    if template == "chat" and is_conversation(record):
+        return encode_conversation(record, tokenizer, max_length, train_on)
+    prompt, response = render(record, template, tokenizer=tokenizer, k_positive=k_positive)
+    prompt_ids, response_ids = _ids(tokenizer, [prompt, response])
+    return _encode_single(record, prompt_ids, response_ids, tokenizer, template, k_positive, special_prefix(tokenizer),
+                          eos_id(tokenizer), max_length)
+
+
+def _encode_single(record, prompt_ids, response_ids, tokenizer, template, k_positive, prefix, eos, max_length):
+    room = max_length - len(prefix)
+    if template == "superni" and len(prompt_ids) + len(response_ids) + 1 > room and "prompt" not in record:
+        # Rebuild the prompt to fit (fewer positive examples, shorter definition) instead of cutting it blindly.
+        budget = max(room - len(response_ids) - 1, room // 2)
+        prompt, _ = render(record, template, tokenizer=tokenizer, k_positive=k_positive, max_prompt_tokens=budget)
+        prompt_ids = _ids(tokenizer, [prompt])[0]
+    return encode_ids(prompt_ids, response_ids, prefix, eos, max_length)
 
 
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -230,9 +306,10 @@ def data_hash(records: Sequence[dict]) -> str:
     return h.hexdigest()
 
 
-def cache_key(records: Sequence[dict], tokenizer, *, template: str, max_length: int, k_positive: int) -> str:
+def cache_key(records: Sequence[dict], tokenizer, *, template: str, max_length: int, k_positive: int,
+              train_on: str = "all_assistant") -> str:
     parts = {"format": CACHE_FORMAT, "tokenizer": tokenizer_identity(tokenizer), "template": template,
-             "k_positive": k_positive, "max_length": max_length, "data": data_hash(records)}
+             "k_positive": k_positive, "max_length": max_length, "train_on": train_on, "data": data_hash(records)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
