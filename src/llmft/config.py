@@ -36,6 +36,10 @@ class DataConfig:
     self_instruct: list[str] = field(default_factory=list)
     natural_instructions: list[str] = field(default_factory=list)
     unnatural_instructions: list[str] = field(default_factory=list)
+    chat: list[str] = field(default_factory=list)       # conversations: messages or ShareGPT files, folders, hub ids
+    table: list[str] = field(default_factory=list)      # any table datasets reads, with table_columns
+    table_columns: list[str] = field(default_factory=list)  # "instruction=q,input=c,output=a": one for all tables, or one each
+    dataset_split: str = ""                 # chat/table: the split of a hub dataset or DatasetDict folder ("": every one)
     reformulations: bool = False            # unnatural-instructions full: one record per paraphrase too
     append_constraints: bool = False        # unnatural-instructions: append the constraints to the instruction
     languages: list[str] = field(default_factory=lambda: ["English"])  # natural-instructions: instruction, input, output
@@ -50,6 +54,13 @@ class DataConfig:
     near_dedup_threshold: float = 0.9
     max_chars: int = 20000                  # clean: reject records longer than this (instruction+input+output); 0 = no limit
     workers: int = 0                        # 0: one per CPU core
+    # Mixture of the train split, per source (seeded; what is left out is a reject of stage "mix"):
+    source_caps: dict[str, int] = field(default_factory=dict)       # at most N train records of a source
+    source_weights: dict[str, float] = field(default_factory=dict)  # shares of train among the sources named
+    # Bounds on what one input can cost (a zip bomb, a file of one huge line): refused with a message naming the key.
+    max_line_bytes: int = 64 << 20          # longest JSON Lines line or JSON array element read
+    max_member_bytes: int = 4 << 30         # archives: largest unpacked member
+    max_compression_ratio: int = 100        # archives: refuse a member over 1 MiB unpacking to more than this x its size
 
     def validate(self) -> list[str]:
         problems = []
@@ -67,10 +78,28 @@ class DataConfig:
             problems.append(f"max_chars must be >= 0 (0 = no limit), got {self.max_chars}")
         if self.workers < 0:
             problems.append(f"workers must be >= 0 (0 = one per CPU core), got {self.workers}")
+        for name in ("max_line_bytes", "max_member_bytes", "max_compression_ratio"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        return problems + self._mixture_problems()
+
+    def _mixture_problems(self) -> list[str]:
+        from llmft.data.records import SOURCES
+
+        problems = []
+        for key, limits in (("source_caps", self.source_caps), ("source_weights", self.source_weights)):
+            for source, value in limits.items():
+                if source.replace("_", "-") not in SOURCES:
+                    problems.append(f"{key}: unknown source {source!r}; known: {', '.join(SOURCES)}")
+                if value < 0 or (key == "source_weights" and value == 0):
+                    problems.append(f"{key}: {source} must be {'positive' if key == 'source_weights' else '>= 0'}, "
+                                    f"got {value}")
         return problems
 
 
 MODEL, PROMPTS, LOOP, RUN = "model and adapter", "prompts", "optimisation", "evaluation, checkpoints, logging"
+ADAPTER_PLACEMENTS = ("houlsby", "pfeiffer")          # training/bottleneck.py PLACEMENTS
+ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")  # training/bottleneck.py ACTIVATIONS
 
 
 @dataclass
@@ -81,7 +110,8 @@ class TrainConfig:
     out: str = flag("", help="run folder")
     model: str = flag("smollm2-135m", group=MODEL,
                       help="smollm2-135m (embedded, default), a local HF folder or a hub id")
-    method: str = flag("lora", group=MODEL, choices=("lora", "full"))
+    method: str = flag("lora", group=MODEL, choices=("lora", "full", "adapter"),
+                       help="lora, full (every weight) or adapter (bottleneck adapters in every block)")
     lora_r: int = flag(16, group=MODEL)
     lora_alpha: int = flag(32, group=MODEL)
     lora_dropout: float = flag(0.0, group=MODEL)   # PEFT and torchtune default; on CPU 0.05 costs ~20% of a step
@@ -90,9 +120,21 @@ class TrainConfig:
     use_rslora: bool = flag(False, group=MODEL, help="rank-stabilised LoRA scaling")
     use_dora: bool = flag(False, group=MODEL, help="weight-decomposed LoRA (DoRA)")
     qlora: bool = flag(False, group=MODEL, help="4-bit NF4 base (CUDA + bitsandbytes)")
+    adapter_size: int = flag(64, group=MODEL, exclusive="adapter_width",
+                             help="method adapter: bottleneck width of each adapter")
+    adapter_reduction: float = flag(0.0, group=MODEL, exclusive="adapter_width",
+                                    help="method adapter: width = hidden size / this (> 0 overrides adapter_size)")
+    adapter_placement: str = flag("houlsby", group=MODEL, choices=ADAPTER_PLACEMENTS,
+                                  help="method adapter: houlsby (after attention and after the MLP of every block) "
+                                  "or pfeiffer (after the MLP only)")
+    adapter_activation: str = flag("relu", group=MODEL, choices=ADAPTER_ACTIVATIONS,
+                                   help="method adapter: nonlinearity inside the bottleneck")
+    adapter_train_norms: bool = flag(False, group=MODEL, help="method adapter: also train the layer norms")
     template: str = flag("alpaca", group=PROMPTS, choices=("alpaca", "superni", "chat"))
     k_positive: int = flag(0, group=PROMPTS, help="superni template: positive examples in the prompt (0-2)")
     max_length: int = flag(512, group=PROMPTS, help="tokens per example (longer ones are truncated, counted)")
+    train_on: str = flag("all_assistant", group=PROMPTS, choices=("all_assistant", "last_assistant"),
+                         help="conversations under --template chat: learn every assistant turn or only the last")
     packing: bool = flag(True, group=LOOP, name="--no-packing",
                          help="length-grouped padded batches instead of packing")
     batch_tokens: int = flag(4096, group=LOOP, exclusive="size", help="token budget of a packed micro-batch")
@@ -116,13 +158,33 @@ class TrainConfig:
     dev_limit: int = 200                    # dev examples scored at each evaluation
     seed: int = flag(0, group=LOOP)
     resume: bool = flag(False, group=RUN, help="continue RUN_DIR from its last checkpoint")
+    allow_data_change: bool = flag(False, group=RUN, help="with --resume: continue although the training data "
+                                   "changed since the run started (manifest.json keeps the earlier hashes)")
     tensorboard: bool = flag(False, group=RUN, help="also log to RUN_DIR/tensorboard")
     trust_remote_code: bool = flag(False, group=MODEL)
 
+    def _adapter_problems(self) -> list[str]:
+        problems = []
+        if self.adapter_size <= 0:
+            problems.append(f"adapter_size must be positive, got {self.adapter_size}")
+        if self.adapter_reduction < 0:
+            problems.append(f"adapter_reduction must be >= 0 (0: use adapter_size), got {self.adapter_reduction}")
+        if self.adapter_placement not in ADAPTER_PLACEMENTS:
+            problems.append(f"adapter_placement must be one of {', '.join(ADAPTER_PLACEMENTS)}, "
+                            f"got {self.adapter_placement!r}")
+        if self.adapter_activation not in ADAPTER_ACTIVATIONS:
+            problems.append(f"adapter_activation must be one of {', '.join(ADAPTER_ACTIVATIONS)}, "
+                            f"got {self.adapter_activation!r}")
+        if self.qlora:
+            problems.append("qlora puts a LoRA adapter on a 4-bit base; use it with method lora, not adapter")
+        return problems
+
     def validate(self) -> list[str]:
         problems = []
-        if self.method not in ("lora", "full"):
-            problems.append(f"method must be 'lora' or 'full', got {self.method!r}")
+        if self.method not in ("lora", "full", "adapter"):
+            problems.append(f"method must be 'lora', 'full' or 'adapter', got {self.method!r}")
+        if self.method == "adapter":
+            problems += self._adapter_problems()
         if self.template not in ("alpaca", "superni", "chat"):
             problems.append(f"template must be alpaca, superni or chat, got {self.template!r}")
         if self.bf16 not in ("auto", "true", "false"):
@@ -147,6 +209,8 @@ class TrainConfig:
             problems.append(f"batch_tokens ({self.batch_tokens}) must be at least max_length ({self.max_length})")
         if not 0 <= self.k_positive <= 2:
             problems.append(f"k_positive must be 0, 1 or 2, got {self.k_positive}")
+        if self.train_on not in ("all_assistant", "last_assistant"):
+            problems.append(f"train_on must be all_assistant or last_assistant, got {self.train_on!r}")
         if not self.data:
             problems.append("data is required (a prepared data folder or a JSONL file)")
         if not self.out:
@@ -200,6 +264,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
+    if origin is dict:
+        return _coerce_mapping(value, args, where)
     if origin is list:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
@@ -234,6 +300,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise LlmftError(f"{where}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _coerce_mapping(value: Any, args: tuple, where: str) -> dict:
+    """A mapping from YAML, or `key=value` text from the command line ("a=1,b=2" or a list of "a=1")."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        pairs = {}
+        for item in value:
+            key, sep, text = str(item).partition("=")
+            if not sep or not key.strip():
+                raise LlmftError(f"{where}: expected key=value, got {item!r}")
+            pairs[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        value = pairs
+    if not isinstance(value, dict):
+        raise LlmftError(f"{where}: expected a mapping, got {value!r}")
+    key_type, value_type = args if len(args) == 2 else (Any, Any)
+    return {_coerce(k, key_type, where): _coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
 
 
 def from_dict(cls, data: dict, source: str = "config"):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 # Before torch loads its OpenMP runtime: how long an idle OpenMP thread spins before it sleeps. libgomp's default
 # (300,000 spins) collapses a 2-thread run that shares a core with another busy process (SmolLM2 LoRA on 2 cores:
@@ -15,7 +14,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from llmft import __version__
-from llmft.errors import LlmftError
+from llmft.cli.boundary import guarded
 
 # Each module adds its subcommands with register(subparsers); each subparser sets func=callable(args).
 COMMAND_MODULES = ("llmft.cli.data", "llmft.cli.train", "llmft.cli.after", "llmft.cli.run")
@@ -26,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="llmft", description="Instruction-tune causal LMs with SFT.")
     parser.add_argument("--version", action="version", version=f"llmft {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also LLMFT_DEBUG=1); errors are one line otherwise")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -34,12 +35,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = args.func(args)
-    except LlmftError as e:
-        print(f"llmft: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("llmft: interrupted", file=sys.stderr)
-        return 130
-    return int(result or 0)
+    return guarded(lambda: args.func(args), debug=args.debug)

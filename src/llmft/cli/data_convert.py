@@ -8,8 +8,9 @@ from typing import Iterable
 
 from llmft.config import DataConfig, load_config
 from llmft.errors import LlmftError
+from llmft.folders import new_file
 from llmft.io import atomic_write, dumps_record, progress
-from llmft.data.records import Record, Reject
+from llmft.data.records import Record, Reject, dumps_reject
 from llmft.data.sources import SOURCES, convert
 
 
@@ -38,7 +39,7 @@ def write_converted(items: Iterable[Record | Reject], out: Path, rejects: Path) 
                 records_file.write(dumps_record(item.to_dict()) + "\n")
             else:
                 counts.rejected[item.reason] += 1
-                rejects_file.write(dumps_record(item.to_dict()) + "\n")
+                rejects_file.write(dumps_reject(item.to_dict()) + "\n")
     return counts
 
 
@@ -49,13 +50,19 @@ def run(args) -> int:
         "languages": args.languages,
         "max_instances_per_task": args.max_instances_per_task,
         "test_instances_per_task": args.test_instances_per_task,
+        "dataset_split": args.dataset_split,
     }
+    if args.columns is not None:
+        if args.source != "table":
+            raise LlmftError("--columns is for the table source")
+        overrides.update(table=[args.path], table_columns=[args.columns])
     cfg = load_config(DataConfig, args.config, overrides)
     out = Path(args.out)
     rejects = Path(args.rejects) if args.rejects else out.with_name(out.name.removesuffix(".jsonl") + ".rejects.jsonl")
     if rejects.resolve() == out.resolve():
         raise LlmftError(f"--rejects must differ from --out ({out})")
-    counts = write_converted(convert(args.source, args.path, cfg), out, rejects)
+    with new_file(out, overwrite=args.overwrite), new_file(rejects, overwrite=args.overwrite):
+        counts = write_converted(convert(args.source, args.path, cfg), out, rejects)
     print(f"{args.source}: {args.path}")
     print(counts.summary())
     print(f"records: {out}\nrejects: {rejects}")
@@ -66,10 +73,19 @@ def register(sub) -> None:
     parser = sub.add_parser("convert", help="convert one raw dataset to standard records (JSONL)",
                             description=__doc__)
     parser.add_argument("source", choices=sorted(SOURCES), help="which dataset the files come from")
-    parser.add_argument("path", help="a file, a folder of files, or (unnatural-instructions) a .zip")
+    parser.add_argument("path", help="a file, a folder of files, or (unnatural-instructions) a .zip; chat and "
+                        "table: also Parquet, Arrow, CSV, a save_to_disk folder, a URL or a hub dataset id")
     parser.add_argument("--out", required=True, help="records JSONL to write")
     parser.add_argument("--rejects", help="rejects JSONL (default: <out>.rejects.jsonl)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing --out / --rejects files (refused otherwise: llmft cannot tell that "
+                        "it wrote them)")
     parser.add_argument("--config", help="a DataConfig YAML; the flags below override it")
+    parser.add_argument("--columns", metavar="KEY=COLUMN,...",
+                        help="table: which columns hold what, instruction=question,input=context,output=answer or "
+                        "prompt=...,completion=... (also task=, id=); default: columns with those names")
+    parser.add_argument("--dataset-split", metavar="NAME",
+                        help="chat, table: the split of a hub dataset or DatasetDict folder (default: every split)")
     parser.add_argument("--reformulations", action="store_true",
                         help="unnatural-instructions full data: one record per instruction paraphrase too")
     parser.add_argument("--append-constraints", action="store_true",

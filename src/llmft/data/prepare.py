@@ -20,17 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from llmft.data import dedup
+from llmft.data import dedup, mixture
 from llmft.data import splits
 from llmft.data.clean import clean
 from llmft.config import DataConfig, to_dict
-from llmft.errors import LlmftError
-from llmft.io import atomic_dir, dumps_record, progress, sha256_file
+from llmft.errors import LlmftError, is_disk_full, os_error_message
+from llmft.folders import check_not_inside, new_folder
+from llmft.io import dumps_record, progress, sha256_file
 from llmft.data.records import SOURCES as SOURCE_ORDER
-from llmft.data.records import FIELDS, Record, Reject
+from llmft.data.records import FIELDS, NOT_UNICODE, Record, Reject, dumps_reject, has_surrogate
 
 FORMAT = "llmft.prepared-data/1"
-STAGES = ("convert", "clean", "dedup", "split", "decontaminate")
+STAGES = ("convert", "clean", "dedup", "split", "decontaminate", "mix")
 STRICT_STAGES = ("convert", "clean")   # problems with the input; the later stages are deliberate policy
 EXACT_DUPLICATE = "exact duplicate"
 NEAR_DUPLICATE = "near duplicate"
@@ -64,14 +65,17 @@ def list_units(cfg: DataConfig) -> list[Unit]:
     units: list[Unit] = []
     for source in SOURCE_ORDER:
         paths: set[str] = set()
+        module = source_module(source)
         for given in getattr(cfg, config_field(source)):
-            if not Path(given).exists():
+            # chat and table also read URLs and hub dataset ids
+            if not Path(given).exists() and not getattr(module, "accepts_remote", lambda _: False)(given):
                 raise LlmftError(f"{given}: no such file or folder (given for {source})")
-            paths.update(str(p) for p in source_module(source).units(Path(given), cfg))
+            paths.update(str(p) for p in module.units(given, cfg))
         units += [Unit(len(units) + i, source, p) for i, p in enumerate(sorted(paths))]
     if not units:
         raise LlmftError("no input files: give at least one of --alpaca, --self-instruct, "
-                         "--natural-instructions, --unnatural-instructions (or the same keys in --config)")
+                         "--natural-instructions, --unnatural-instructions, --chat, --table "
+                         "(or the same keys in --config)")
     return units
 
 
@@ -81,8 +85,8 @@ def list_units(cfg: DataConfig) -> list[Unit]:
 @dataclass
 class UnitResult:
     index: int
-    sha256: str
-    bytes: int
+    sha256: str | None          # None: a URL or hub dataset
+    bytes: int | None
     converted: int = 0
     cleaned: int = 0
     rejects: Counter = field(default_factory=Counter)      # (stage, reason) -> count
@@ -127,11 +131,14 @@ class _UnitWriter:
     def reject(self, stage: str, reject: Reject) -> None:
         check_strict(self.cfg, stage, reject, self.policy_reasons if stage == "convert" else frozenset())
         self.result.rejects[(stage, reject.reason)] += 1
-        self.files["rejects"].write(dumps_record(reject_row(stage, reject)) + "\n")
+        self.files["rejects"].write(dumps_reject(reject_row(stage, reject)) + "\n")
 
     def record(self, record: Record) -> None:
-        self.result.converted += 1
         line = dumps_record(record_dict(record)) + "\n"
+        if has_surrogate(line):     # no UTF-8 file can hold it: this item is rejected, not the whole file
+            self.reject("convert", Reject(record.source, self.unit.path, f"record {record.id}", NOT_UNICODE, record))
+            return
+        self.result.converted += 1
         self.files["all"].write(line)
         cleaned, reason = clean(record, self.cfg)
         if cleaned is None:
@@ -166,10 +173,10 @@ def process_unit(unit: Unit, cfg: DataConfig, work: Path) -> UnitResult:
     """Convert, clean and key one unit file. Errors come back as LlmftError naming the file (picklable)."""
     path = Path(unit.path)
     try:
-        result = UnitResult(unit.index, sha256_file(path), path.stat().st_size)
+        result = UnitResult(unit.index, *input_fingerprint(unit))
         writer = _UnitWriter(work, unit, cfg, result)
         try:
-            for item in source_module(unit.source).read(path, cfg):
+            for item in source_module(unit.source).read(unit.path, cfg):   # a URL is no Path
                 if isinstance(item, Reject):
                     writer.reject("convert", item)
                 else:
@@ -180,8 +187,23 @@ def process_unit(unit: Unit, cfg: DataConfig, work: Path) -> UnitResult:
         return result
     except LlmftError as e:
         raise LlmftError(str(e)) from None
-    except (OSError, ValueError) as e:
+    except OSError as e:         # a full disk is said to be one, not blamed on the input
+        raise LlmftError(os_error_message(e, where=work if is_disk_full(e) else path)) from None
+    except RecursionError:
+        raise LlmftError(f"{path}: {unit.source} data nested too deeply to read") from None
+    except MemoryError:
+        raise LlmftError(f"{path}: out of memory reading {unit.source} data; lower max_line_bytes or "
+                         "split the file") from None
+    except ValueError as e:
         raise LlmftError(f"{path}: cannot read {unit.source} data ({type(e).__name__}: {e})") from None
+
+
+def input_fingerprint(unit: Unit) -> tuple[str | None, int | None]:
+    """(sha256, bytes) of a unit file; a source that reads folders, URLs or hub ids says what it can."""
+    fingerprint = getattr(source_module(unit.source), "fingerprint", None)
+    if fingerprint is not None:
+        return fingerprint(unit.path)
+    return sha256_file(unit.path), Path(unit.path).stat().st_size
 
 
 def resolve_workers(cfg: DataConfig, n_units: int) -> int:
@@ -208,7 +230,8 @@ def _convert_in_pool(units, cfg, work, workers, bar) -> list[UnitResult]:
     import multiprocessing
 
     # spawn: workers start clean whatever the parent has loaded (threads, torch)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(process_unit, unit, cfg, work) for unit in units}
         results: dict[int, UnitResult] = {}
         while pending:
@@ -222,6 +245,20 @@ def _convert_in_pool(units, cfg, work, workers, bar) -> list[UnitResult]:
                 results[result.index] = result
                 bar.update(1)
     return [results[u.index] for u in units]
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: the kernel kills this worker when the parent dies (Linux PR_SET_PDEATHSIG), so a killed
+    `prepare` leaves no workers converting on."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:     # the parent died before the line above took effect
+        os._exit(1)
 
 
 # ---------------------------------------------------------------- per-record arrays
@@ -289,12 +326,13 @@ class Plan:
     decision: np.ndarray                 # per record: TRAIN/DEV/TEST, or an index into `reasons` + len(SPLITS)
     reasons: list[tuple[str, str]]       # (stage, reason)
     near: dedup.NearDuplicates
+    mixture: dict = field(default_factory=dict)   # mixture.Mixture.report (empty without caps or weights)
 
 
 def plan(cols: Columns, signatures: np.ndarray, source_names: list[str], cfg: DataConfig) -> Plan:
     reasons = [("dedup", EXACT_DUPLICATE), ("dedup", NEAR_DUPLICATE),
                *(("split", reason) for reason in splits.POLICY_REASONS.values()),
-               ("decontaminate", splits.CONTAMINATES_TRAIN)]
+               ("decontaminate", splits.CONTAMINATES_TRAIN), ("mix", mixture.OVER_CAP), ("mix", mixture.OVER_WEIGHT)]
     code = {r: len(splits.SPLITS) + i for i, r in enumerate(reasons)}
     decision = np.full(len(cols.exact), -1, dtype=np.int16)
 
@@ -317,8 +355,13 @@ def plan(cols: Columns, signatures: np.ndarray, source_names: list[str], cfg: Da
 
     leaks = splits.contaminated(decision, cols.contamination)
     decision[leaks] = code[("decontaminate", splits.CONTAMINATES_TRAIN)]
+
+    mix = mixture.plan_mixture(cols.source, decision == splits.TRAIN, source_names, cfg.source_caps,
+                               cfg.source_weights, cfg.seed)
+    decision[mix.over_cap] = code[("mix", mixture.OVER_CAP)]
+    decision[mix.over_weight] = code[("mix", mixture.OVER_WEIGHT)]
     assert (decision >= 0).all(), "every cleaned record gets a split or a reason"
-    return Plan(decision, reasons, near)
+    return Plan(decision, reasons, near, mix.report)
 
 
 # ---------------------------------------------------------------- stage 6: write
@@ -418,7 +461,7 @@ def extra_inputs(units: list[Unit]) -> list[dict]:
         folder = finder(Path(unit.path)) if finder else None
         if folder is not None:
             folders.add(folder)
-    files = sorted(p for folder in folders for p in Path(folder).glob("*.txt"))
+    files = sorted(p for folder in folders for p in Path(folder).glob("*.txt") if p.is_file())
     return [{"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files]
 
 
@@ -448,7 +491,7 @@ def build_manifest(cfg: DataConfig, units: list[Unit], results: list[UnitResult]
     converted = sum(r.converted for r in results)
     kept = int((decision < len(splits.SPLITS)).sum())
     deduplicated = sum(by_stage["dedup"].values())
-    rejected = sum(sum(by_stage[s].values()) for s in ("clean", "split", "decontaminate"))
+    rejected = sum(sum(by_stage[s].values()) for s in ("clean", "split", "decontaminate", "mix"))
     assert converted == kept + rejected + deduplicated, (converted, kept, rejected, deduplicated)
     by_reason = Counter()
     for stage in STAGES:
@@ -476,6 +519,7 @@ def build_manifest(cfg: DataConfig, units: list[Unit], results: list[UnitResult]
             "threshold": cfg.near_dedup_threshold, "num_perm": dedup.NUM_PERM, "bands": bands, "rows": rows,
             "shingle_words": dedup.SHINGLE_WORDS, "examples": _near_examples(the_plan.near, example_records),
         },
+        "mixture": the_plan.mixture,
         "inputs": [{"source": u.source, "path": u.path, "sha256": r.sha256, "bytes": r.bytes,
                     "converted": r.converted, "raw_items_rejected": sum(r.rejects[k] for k in r.rejects
                                                                         if k[0] == "convert")}
@@ -514,20 +558,18 @@ def _counts_by_task(cols: Columns, decision) -> dict:
 # ---------------------------------------------------------------- the whole run
 
 
-def check_out_dir(out: Path) -> None:
-    """Never replace a folder that is not a prepared data folder."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists())):
-        raise LlmftError(f"{out}: exists and is not a prepared data folder (no manifest.json); "
-                         "choose a new --out or remove it")
+def input_paths(cfg: DataConfig) -> list[str]:
+    local = [p for p in (*cfg.chat, *cfg.table) if Path(p).exists()]    # not URLs or hub ids
+    return [*cfg.alpaca, *cfg.self_instruct, *cfg.natural_instructions, *cfg.unnatural_instructions, *local]
 
 
 def prepare(cfg: DataConfig, out: str | Path) -> dict:
     """Build the prepared data folder `out`; returns its manifest."""
     out = Path(out)
-    check_out_dir(out)
+    check_not_inside(out, input_paths(cfg))
     units = list_units(cfg)
     source_names = list(SOURCE_ORDER)
-    with atomic_dir(out) as tmp:
+    with new_folder(out, "data prepare") as tmp:
         work = tmp / "_work"
         work.mkdir()
         results = convert_units(units, cfg, work)

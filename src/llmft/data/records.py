@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FIELDS = ("id", "source", "task", "instruction", "input", "output", "references", "meta", "messages")
 ROLES = ("system", "user", "assistant")
-SOURCES = ("alpaca", "self-instruct", "natural-instructions", "unnatural-instructions")
+NOT_UNICODE = "text is not valid Unicode (a lone surrogate)"
+# Unpaired UTF-16 surrogates: JSON's "\ud800" escape decodes to one, and no UTF-8 file can hold it.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+SOURCES = ("alpaca", "self-instruct", "natural-instructions", "unnatural-instructions", "chat", "table")
 
 
 @dataclass
@@ -84,3 +89,20 @@ class Reject:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def has_surrogate(text: str) -> bool:
+    return _SURROGATE.search(text) is not None
+
+
+def dumps_reject(row: dict) -> str:
+    """One line of a rejects file. The raw item may be the very reason for the reject: a lone surrogate is written
+    as its \\u escape (the line stays UTF-8 JSON), an item nested too deeply to write is replaced by a note."""
+    from llmft.io import dumps_record
+
+    try:
+        line = dumps_record(row)
+    except RecursionError:
+        row = {**row, "item": "<not written: nested too deeply>"}
+        line = dumps_record(row)
+    return json.dumps(row, separators=(",", ":")) if has_surrogate(line) else line

@@ -52,10 +52,10 @@ def to_records(item, *, index: int) -> list[Record]:
 
 
 def read(path: Path, cfg: DataConfig | None = None) -> Iterator[Record | Reject]:
-    path = Path(path)
+    path, limit = Path(path), (cfg or DataConfig()).max_line_bytes
     kind = sniff_json_kind(path)
-    with open(path, encoding="utf-8-sig") as f:
-        items = iter_json_array(f, path) if kind == "array" else iter_jsonl(f, path)
+    with open(path, "rb") as f:
+        items = iter_json_array(f, path, max_line_bytes=limit) if kind == "array" else iter_jsonl(f, path, limit)
         for index, (line, item) in enumerate(items):
             try:
                 yield from to_records(item, index=index)

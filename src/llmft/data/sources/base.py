@@ -1,13 +1,26 @@
 """What every source reader shares: the SkipItem signal, text cleaning, field checks, and streaming JSON
-readers (JSON Lines and a top-level JSON array) whose errors name the file and line."""
+readers (JSON Lines, a top-level JSON array, a whole JSON document) whose errors name the file and line.
+
+The readers take binary streams and decode themselves, so an invalid UTF-8 byte is reported on its own line, a BOM
+is accepted everywhere, and memory stays bounded: a line or array element over `max_line_bytes` is refused before
+it is held whole (a zip member of one 3 GiB line costs at most that limit), and runs of blank lines are skipped a
+chunk at a time.
+"""
 from __future__ import annotations
 
+import codecs
+import io
 import json
 import re
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from llmft.data.records import has_surrogate
 from llmft.errors import InputFormatError
+
+BOM = codecs.BOM_UTF8
+DEFAULT_MAX_LINE_BYTES = 64 << 20      # DataConfig.max_line_bytes
+_READ_CHUNK = 1 << 20
 
 
 class SkipItem(Exception):
@@ -50,6 +63,8 @@ class TextFields:
     def clean(self, key: str, value: Any) -> str:
         if not isinstance(value, str):
             raise SkipItem(f"field '{key}' is not a string")
+        if has_surrogate(value):
+            raise SkipItem(f"field '{key}' is not valid Unicode (a lone surrogate)")
         text, removed = clean_text(value)
         if removed:
             self.removed[key] = self.removed.get(key, 0) + removed
@@ -90,27 +105,107 @@ def sniff_json_kind(path: Path, stream: IO[bytes] | None = None) -> str:
     raise InputFormatError(path, "expected a JSON array or JSON Lines (one object per line)", line=1)
 
 
-def iter_jsonl(stream: IO[str], name: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) for every non-blank line; malformed JSON names the file and line."""
-    lineno = 0
+def iter_jsonl(stream: IO[bytes] | IO[str], name: str | Path,
+               max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line; malformed JSON, invalid UTF-8, nesting too deep for
+    the parser and a line over `max_line_bytes` name the file and line. Give a binary stream (a text stream is
+    read through its buffer, or line by line when it has none)."""
+    for lineno, raw in _lines(stream, name, max_line_bytes):
+        text = raw if isinstance(raw, str) else decode_utf8(raw, name, lineno)
+        yield lineno, parse_json(text, name, lineno)
+
+
+def decode_utf8(data: bytes, name: str | Path, line: int = 1) -> str:
+    """`data` as text; an invalid byte names its line (counted from `line`, the line `data` starts on)."""
     try:
-        for lineno, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputFormatError(name, f"malformed JSON ({e.msg} at column {e.colno})", line=lineno) from None
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputFormatError(name, f"not UTF-8 text ({e.reason})", line=lineno + 1) from None
+        line += data.count(b"\n", 0, e.start)
+        raise InputFormatError(name, f"not UTF-8 text (byte 0x{data[e.start]:02x}: {e.reason})", line=line) from None
+
+
+def parse_json(text: str, name: str | Path, line: int | None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputFormatError(name, f"malformed JSON ({e.msg} at column {e.colno})", line=line) from None
+    except RecursionError:
+        raise InputFormatError(name, "JSON nested too deeply to read", line=line) from None
+
+
+def load_json_document(path: Path) -> Any:
+    """A whole JSON file (a natural-instructions task): BOM accepted; errors name the line."""
+    data = Path(path).read_bytes()
+    text = decode_utf8(data[len(BOM):] if data.startswith(BOM) else data, path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputFormatError(path, f"malformed JSON ({e.msg})", line=e.lineno) from None
+    except RecursionError:
+        raise InputFormatError(path, "JSON nested too deeply to read") from None
+
+
+def _lines(stream, name, max_line_bytes: int) -> Iterator[tuple[int, bytes | str]]:
+    if isinstance(stream, io.TextIOBase):
+        raw = getattr(stream, "buffer", None)
+        if raw is None:        # an in-memory text stream
+            yield from _text_lines(stream, name, max_line_bytes)
+            return
+        stream = raw
+    yield from _byte_lines(stream, name, max_line_bytes)
+
+
+def _text_lines(stream: IO[str], name, max_line_bytes: int) -> Iterator[tuple[int, str]]:
+    for lineno, line in enumerate(stream, 1):
+        if len(line) > max_line_bytes:
+            raise _too_long(name, lineno, max_line_bytes)
+        if line.strip():
+            yield lineno, line
+
+
+def _byte_lines(stream: IO[bytes], name, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line, holding at most one read chunk plus one partial line."""
+    lineno, pending, first = 1, b"", True
+    while chunk := stream.read(_READ_CHUNK):
+        if first:
+            chunk, first = (chunk[len(BOM):] if chunk.startswith(BOM) else chunk), False
+        if chunk.isspace():        # a run of blank lines costs one count per chunk, not one loop per line
+            newlines = chunk.count(b"\n")
+            if newlines:
+                if pending.strip():
+                    yield lineno, pending
+                lineno += newlines
+                pending = chunk[chunk.rindex(b"\n") + 1:]
+                continue
+        parts = chunk.split(b"\n")
+        parts[0] = pending + parts[0]
+        pending = parts.pop()
+        for part in parts:
+            if len(part) > max_line_bytes:
+                raise _too_long(name, lineno, max_line_bytes)
+            if part.strip():
+                yield lineno, part
+            lineno += 1
+        if len(pending) > max_line_bytes:
+            raise _too_long(name, lineno, max_line_bytes)
+    if pending.strip():
+        yield lineno, pending
+
+
+def _too_long(name, line: int, limit: int) -> InputFormatError:
+    return InputFormatError(name, f"line longer than max_line_bytes ({limit:,} bytes); if the file is genuine, "
+                                  "raise max_line_bytes in the data config", line=line)
 
 
 class _ArrayReader:
-    """Reads the elements of a top-level JSON array one at a time from a text stream, holding only the
-    unconsumed part of the text in memory (about one chunk plus the element being decoded)."""
+    """Reads the elements of a top-level JSON array one at a time, holding only the unconsumed part of the text in
+    memory (about one chunk plus the element being decoded, which may not grow past `max_chars`). A binary stream is
+    decoded here, so an invalid UTF-8 byte is reported on its own line."""
 
-    def __init__(self, stream: IO[str], name: str | Path, chunk_chars: int):
-        self.stream, self.name, self.chunk_chars = stream, name, chunk_chars
+    def __init__(self, stream: IO[bytes] | IO[str], name: str | Path, chunk_chars: int, max_chars: int):
+        self.stream, self.name, self.chunk_chars, self.max_chars = stream, name, chunk_chars, max_chars
+        self.utf8 = None if isinstance(stream, io.TextIOBase) else codecs.getincrementaldecoder("utf-8")()
+        self.at_start = True
         self.decoder = json.JSONDecoder()
         self.buf, self.pos = "", 0
         self.counted_pos, self.counted_line = 0, 1   # the line number at buf[counted_pos], moved forward lazily
@@ -125,8 +220,9 @@ class _ArrayReader:
         self.counted_pos = pos
         return self.counted_line
 
-    def fail(self, what: str, pos: int | None = None):
-        raise InputFormatError(self.name, what, line=self.line_at(self.pos if pos is None else pos))
+    def fail(self, what: str, pos: int | None = None, line: int | None = None):
+        line = self.line_at(self.pos if pos is None else pos) if line is None else line
+        raise InputFormatError(self.name, what, line=line)
 
     def fill(self) -> bool:
         """Read more text (at least doubling what is buffered, so a huge element costs O(n)); False at EOF."""
@@ -135,14 +231,33 @@ class _ArrayReader:
         self.line_at(self.pos)
         self.counted_pos = 0
         rest = self.buf[self.pos:]
-        try:
-            more = self.stream.read(max(self.chunk_chars, len(rest)))
-        except UnicodeDecodeError as e:
-            self.buf, self.pos = rest, 0
-            self.fail(f"not UTF-8 text ({e.reason})")
-        self.buf, self.pos = rest + more, 0
+        self.buf, self.pos = rest, 0
+        if len(rest) > self.max_chars:
+            self.too_long()
+        more = self.read(max(self.chunk_chars, len(rest)))
+        self.buf += more
         self.eof = not more
         return bool(more)
+
+    def too_long(self):
+        self.fail(f"array element longer than max_line_bytes ({self.max_chars:,}); if the file is genuine, "
+                  "raise max_line_bytes in the data config")
+
+    def read(self, size: int) -> str:
+        if self.utf8 is None:
+            try:
+                return self.stream.read(size)
+            except UnicodeDecodeError as e:     # a text stream decodes ahead: the line is only approximate
+                self.fail(f"not UTF-8 text ({e.reason})")
+        data = self.stream.read(size)
+        if self.at_start:
+            data, self.at_start = (data[len(BOM):] if data.startswith(BOM) else data), False
+        held = len(self.utf8.getstate()[0])      # bytes of an unfinished character from the last read (no newline)
+        try:
+            return self.utf8.decode(data, final=not data)
+        except UnicodeDecodeError as e:
+            line = self.line_at(len(self.buf)) + data.count(b"\n", 0, max(0, e.start - held))
+            self.fail(f"not UTF-8 text ({e.reason})", line=line)
 
     def peek(self) -> str:
         """The next non-whitespace character ('' at EOF), leaving pos on it."""
@@ -159,6 +274,8 @@ class _ArrayReader:
             start = self.pos
             try:
                 obj, end = self.decoder.raw_decode(self.buf, start)
+            except RecursionError:
+                self.fail("JSON nested too deeply to read")
             except json.JSONDecodeError as e:
                 offset = e.pos - start  # fill() moves the buffer; the value still starts at self.pos after it
                 if self.fill():
@@ -166,6 +283,8 @@ class _ArrayReader:
                 self.fail(f"malformed JSON ({e.msg})", self.pos + offset)
             if end == len(self.buf) and self.fill():
                 continue  # a number or literal may continue in the next chunk
+            if end - start > self.max_chars:
+                self.too_long()
             self.pos = end
             return obj
 
@@ -197,19 +316,32 @@ class _ArrayReader:
             self.fail("extra data after the JSON array")
 
 
-def iter_json_array(stream: IO[str], name: str | Path, chunk_chars: int = 1 << 20) -> Iterator[tuple[int, Any]]:
-    """(line where the element starts, element) for each element of a top-level JSON array, streaming."""
-    return _ArrayReader(stream, name, chunk_chars).elements()
+def iter_json_array(stream: IO[bytes] | IO[str], name: str | Path, chunk_chars: int = 1 << 20,
+                    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+    """(line where the element starts, element) for each element of a top-level JSON array, streaming. Give a
+    binary stream (a text stream works too, but then an invalid UTF-8 byte's line is only approximate)."""
+    return _ArrayReader(stream, name, chunk_chars, max_line_bytes).elements()
 
 
 def expand_units(path: Path, patterns: tuple[str, ...]) -> list[Path]:
-    """A file is its own unit; a folder expands to its files matching any pattern, sorted by name."""
+    """A file is its own unit; a folder expands to its files matching any pattern, sorted by name. A match that is
+    not a readable file (a broken symbolic link, a folder) is refused by name rather than skipped uncounted."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise InputFormatError(path, "no such file or folder")
-    files = sorted({p for pattern in patterns for p in path.glob(pattern) if p.is_file()}, key=lambda p: p.name)
-    if not files:
+        raise InputFormatError(path, _missing(path))
+    matches = sorted({p for pattern in patterns for p in path.glob(pattern)}, key=lambda p: p.name)
+    for match in matches:
+        if not match.is_file():
+            raise InputFormatError(match, f"{_missing(match) if not match.is_dir() else 'is a folder'}, not a data "
+                                          "file; remove it or give the files to read one by one")
+    if not matches:
         raise InputFormatError(path, f"folder holds no {' or '.join(patterns)} files")
-    return files
+    return matches
+
+
+def _missing(path: Path) -> str:
+    if path.is_symlink():
+        return f"a broken symbolic link (its target {path.readlink()} does not exist)"
+    return "no such file or folder"

@@ -20,15 +20,26 @@ from typing import Iterator
 
 from llmft.config import DataConfig
 from llmft.errors import InputFormatError, LlmftError
-from llmft.io import load_json
 from llmft.data.records import Record, Reject, stable_id
-from llmft.data.sources.base import SkipItem, TextFields, check_output, clean_text, expand_units
+from llmft.data.sources.base import (
+    SkipItem,
+    TextFields,
+    check_output,
+    clean_text,
+    decode_utf8,
+    expand_units,
+    has_surrogate,
+    load_json_document,
+)
 
 # Rejects that follow from a selection the user made, not from bad input: `--strict` does not fail on them.
 POLICY_REASONS = frozenset({"language not selected", "over max_instances_per_task"})
 
 SOURCE = "natural-instructions"
 LANGUAGE_FIELDS = ("Instruction_language", "Input_language", "Output_language")
+# Task-level fields kept in meta: each a string or a list of strings (or absent).
+TEXT_LIST_FIELDS = ("Definition", *LANGUAGE_FIELDS, "Categories", "Domains", "Source", "Reasoning", "Instance License")
+EXAMPLE_FIELDS = ("Positive Examples", "Negative Examples")
 SPLIT_FILES = (("train", "train_tasks.txt"), ("test", "test_tasks.txt"), ("excluded", "excluded_tasks.txt"))
 ALL_LANGUAGES = {"all", "*"}
 
@@ -109,6 +120,22 @@ def _examples(examples) -> list[dict]:
             for ex in examples or [] if isinstance(ex, dict)]
 
 
+def task_problem(task: dict) -> str | None:
+    """What makes a task's shared fields unusable (every instance is then rejected with it), or None."""
+    for key in TEXT_LIST_FIELDS:
+        value = task.get(key)
+        values = [value] if isinstance(value, str) else value
+        if value is not None and (not isinstance(values, list) or not all(isinstance(v, str) for v in values)):
+            return f"task field '{key}' is not a string or a list of strings"
+        if value is not None and any(has_surrogate(v) for v in values):
+            return f"task field '{key}' is not valid Unicode (a lone surrogate)"
+    for key in EXAMPLE_FIELDS:
+        examples = task.get(key)
+        if examples is not None and (not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples)):
+            return f"task field '{key}' is not a list of objects"
+    return None
+
+
 def languages_selected(task: dict, cfg: DataConfig) -> bool:
     """Every language the task declares for its instruction, input and output must be selected."""
     selected = set(cfg.languages)
@@ -141,8 +168,11 @@ def _split_lists(folder: Path) -> dict[str, str]:
     membership: dict[str, str] = {}
     for split, filename in SPLIT_FILES:
         file = folder / filename
+        if file.is_dir():
+            raise InputFormatError(file, "is a folder; a split list is a text file of task names, one per line")
         if file.is_file():
-            for name in file.read_text(encoding="utf-8").split():
+            data = file.read_bytes()
+            for name in decode_utf8(data[3:] if data.startswith(b"\xef\xbb\xbf") else data, file).split():
                 membership.setdefault(name, split)
     return membership
 
@@ -159,7 +189,7 @@ def split_hint(task_file: Path) -> str | None:
 
 
 def _load_task(path: Path) -> dict:
-    task = load_json(path)
+    task = load_json_document(path)
     if not isinstance(task, dict):
         raise InputFormatError(path, f"expected a task object, got {type(task).__name__}")
     if not isinstance(task.get("Instances"), list):
@@ -180,6 +210,11 @@ def read(path: Path, cfg: DataConfig) -> Iterator[Record | Reject]:
     path = Path(path)
     task = _load_task(path)
     instances = task["Instances"]
+    problem = task_problem(task)
+    if problem is not None:
+        for index, instance in enumerate(instances):
+            yield _reject(path, index, instance, problem, brief=True)
+        return
     if not languages_selected(task, cfg):
         for index, instance in enumerate(instances):
             yield _reject(path, index, instance, "language not selected", brief=True)
@@ -202,6 +237,7 @@ def read(path: Path, cfg: DataConfig) -> Iterator[Record | Reject]:
 def _reject(path: Path, index: int, instance, reason: str, brief: bool = False) -> Reject:
     """`brief` rejects (whole-task decisions) carry only the instance id, not its text."""
     instance_id = instance.get("id") if isinstance(instance, dict) else None
+    instance_id = instance_id if isinstance(instance_id, str) else None
     where = f"instance {instance_id}" if instance_id else f"instance index {index}"
     item = {"id": instance_id, "index": index} if brief else instance
     return Reject(SOURCE, str(path), where, reason, item)

@@ -31,9 +31,8 @@ def to_records(item, *, stem: str = "", line: int = 0, seed_task: dict | None = 
     else:
         instruction = fields.text("instruction", source=seed_task)
         seed_id = _seed_id(seed_task)
-        rid, task = stable_id(SOURCE, seed_id, index), seed_task.get("name") or seed_id
-        meta = {"seed_task": seed_id, "instance_index": index,
-                "is_classification": bool(seed_task.get("is_classification", False))}
+        rid, task = stable_id(SOURCE, seed_id, index), _seed_name(seed_task) or seed_id
+        meta = {"seed_task": seed_id, "instance_index": index, "is_classification": _is_classification(seed_task)}
     input_text = fields.text("input", required=False)
     output = fields.text("output")
     check_instruction(instruction)
@@ -47,6 +46,27 @@ def _seed_id(seed_task: dict) -> str:
     if not isinstance(seed_id, str) or not seed_id:
         raise SkipItem("missing field 'id'")
     return seed_id
+
+
+def _seed_name(seed_task: dict) -> str:
+    name = seed_task.get("name")
+    if name is not None and not isinstance(name, str):
+        raise SkipItem("field 'name' is not a string")
+    return name or ""
+
+
+# The seed file has JSON booleans; a hand-edited one may spell them. Anything else is refused, not guessed at
+# (bool("no") is True).
+_BOOLEAN_WORDS = {"true": True, "yes": True, "false": False, "no": False}
+
+
+def _is_classification(seed_task: dict) -> bool:
+    value = seed_task.get("is_classification", False)
+    if isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
+        return _BOOLEAN_WORDS[value.strip().lower()]
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise SkipItem("field 'is_classification' is not true or false")
 
 
 def _refuse_finetuning_file(path: Path, line: int) -> None:
@@ -84,8 +104,8 @@ def _seed_task_records(path: Path, line: int, task: dict) -> Iterator[Record | R
 
 def read(path: Path, cfg: DataConfig | None = None) -> Iterator[Record | Reject]:
     path = Path(path)
-    with open(path, encoding="utf-8-sig") as f:
-        for line, item in iter_jsonl(f, path):
+    with open(path, "rb") as f:
+        for line, item in iter_jsonl(f, path, (cfg or DataConfig()).max_line_bytes):
             yield from _line_records(path, line, item)
 
 

@@ -9,8 +9,8 @@ An item for `to_records` is one instance or reformulation, with its line's instr
 """
 from __future__ import annotations
 
-import io
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterator
 
@@ -62,7 +62,12 @@ def _line_records(name: str, stem: str, line: int, item, cfg: DataConfig) -> Ite
         return
     candidates = [(j, inst, False) for j, inst in enumerate(instances)]
     if cfg.reformulations:
-        candidates += [(k, ref, True) for k, ref in enumerate(item.get("reformulations") or [])]
+        reformulations = item.get("reformulations") or []
+        if isinstance(reformulations, list):
+            candidates += [(k, ref, True) for k, ref in enumerate(reformulations)]
+        else:
+            yield Reject(SOURCE, name, f"line {line} reformulations", "field 'reformulations' is not a list",
+                         reformulations)
     for index, candidate, is_reformulation in candidates:
         try:
             yield from to_records(candidate, stem=stem, line=line, index=index, instruction=item.get("instruction"),
@@ -72,8 +77,8 @@ def _line_records(name: str, stem: str, line: int, item, cfg: DataConfig) -> Ite
             yield Reject(SOURCE, name, where, skip.reason, candidate)
 
 
-def _read_stream(stream: IO[str], name: str, stem: str, cfg: DataConfig) -> Iterator[Record | Reject]:
-    for line, item in iter_jsonl(stream, name):
+def _read_stream(stream: IO[bytes], name: str, stem: str, cfg: DataConfig) -> Iterator[Record | Reject]:
+    for line, item in iter_jsonl(stream, name, cfg.max_line_bytes):
         yield from _line_records(name, stem, line, item, cfg)
 
 
@@ -92,16 +97,40 @@ def safe_member_names(path: Path, archive: zipfile.ZipFile) -> list[str]:
     return sorted(names)
 
 
+# A member smaller than this cannot hurt whatever its compression ratio (tiny repetitive test files compress well).
+_RATIO_FLOOR_BYTES = 1 << 20
+
+
+def check_member_size(path: Path, info: zipfile.ZipInfo, cfg: DataConfig) -> None:
+    """Refuse a zip bomb before unpacking it. A member never unpacks past its declared size (zipfile stops there
+    and fails the CRC), so checking the declared sizes bounds what reading it costs."""
+    name = f"{path}:{info.filename}"
+    if info.file_size > cfg.max_member_bytes:
+        raise InputFormatError(name, f"archive member unpacks to {info.file_size:,} bytes, over max_member_bytes "
+                                     f"({cfg.max_member_bytes:,}); if the archive is genuine, raise max_member_bytes "
+                                     "in the data config")
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > _RATIO_FLOOR_BYTES and ratio > cfg.max_compression_ratio:
+        raise InputFormatError(name, f"archive member unpacks to {ratio:,.0f} times its packed size, over "
+                                     f"max_compression_ratio ({cfg.max_compression_ratio}): a zip bomb? If the "
+                                     "archive is genuine, raise max_compression_ratio in the data config")
+
+
 def _read_zip(path: Path, cfg: DataConfig) -> Iterator[Record | Reject]:
     try:
         archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
         raise InputFormatError(path, f"not a valid zip archive ({e})") from None
     with archive:
         for member in safe_member_names(path, archive):
-            with archive.open(member) as raw:
-                text = io.TextIOWrapper(raw, encoding="utf-8-sig")
-                yield from _read_stream(text, f"{path}:{member}", PurePosixPath(member).stem, cfg)
+            info = archive.getinfo(member)
+            check_member_size(path, info, cfg)
+            name = f"{path}:{member}"
+            try:
+                with archive.open(info) as raw:
+                    yield from _read_stream(raw, name, PurePosixPath(member).stem, cfg)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+                raise InputFormatError(name, f"damaged or unsupported archive member ({e})") from None
 
 
 def read(path: Path, cfg: DataConfig) -> Iterator[Record | Reject]:
@@ -109,7 +138,7 @@ def read(path: Path, cfg: DataConfig) -> Iterator[Record | Reject]:
     if zipfile.is_zipfile(path):
         yield from _read_zip(path, cfg)
         return
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, "rb") as f:
         yield from _read_stream(f, str(path), path.stem, cfg)
 
 
