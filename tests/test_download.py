@@ -19,6 +19,7 @@ import pytest
 from llmft.data import download as dl
 from llmft.cli import main
 from llmft.errors import LlmftError
+from llmft.folders import write_marker
 
 ALPACA_PATH = "/tatsu-lab/stanford_alpaca/main/alpaca_data.json"
 SEED_PATH = "/yizhongw/self-instruct/main/data/seed_tasks.jsonl"
@@ -177,6 +178,7 @@ def test_missing_upstream_file_is_a_clear_http_error(tmp_path):
 
 def test_resume_from_a_truncated_part(tmp_path, monkeypatch, alpaca_bytes):
     _expect(monkeypatch, **{"alpaca_data.json": alpaca_bytes})
+    write_marker(tmp_path, "data download")      # the folder an earlier, killed download created
     part = tmp_path / "alpaca" / "alpaca_data.json.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(alpaca_bytes[:300_000])

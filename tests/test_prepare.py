@@ -11,6 +11,7 @@ from llmft.data import prepare as prepare_module
 from llmft.cli import main
 from llmft.config import DataConfig
 from llmft.errors import LlmftError
+from llmft.folders import MARKER
 from llmft.data.prepare import OUTPUT_FILES, prepare
 
 STRICT_SUFFIX = "(--strict turns every reject into an error)"
@@ -176,7 +177,7 @@ def test_interrupted_run_leaves_no_final_file(tmp_path, monkeypatch):
     # a complete earlier folder survives a failed rerun untouched
     monkeypatch.undo()
     prepare(cfg, tmp_path / "out")
-    before = {name: (tmp_path / "out" / name).read_bytes() for name in OUTPUT_FILES + ("manifest.json",)}
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in OUTPUT_FILES + ("manifest.json", MARKER)}
     monkeypatch.setattr(prepare_module, "build_manifest", crash)
     with pytest.raises(RuntimeError):
         prepare(cfg, tmp_path / "out")
@@ -188,7 +189,7 @@ def test_refuses_to_replace_a_folder_that_is_not_prepared_data(tmp_path):
     alpaca = write_alpaca(tmp_path / "a.json", [("Say hi.", "", "hi")])
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(LlmftError, match="not a prepared data folder"):
+    with pytest.raises(LlmftError, match="llmft did not create it"):
         prepare(DataConfig(alpaca=[str(alpaca)], workers=1), tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
@@ -240,7 +241,7 @@ def sample_runs(raw_dir, tmp_path_factory):
 
 def test_byte_identical_reruns_any_worker_count(sample_runs):
     first = sample_runs["w1"][0]
-    names = OUTPUT_FILES + ("manifest.json",)
+    names = OUTPUT_FILES + ("manifest.json", MARKER)
     assert sorted(p.name for p in first.iterdir()) == sorted(names)
     for other in ("w1-again", "w2"):
         for name in names:

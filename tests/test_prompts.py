@@ -178,8 +178,8 @@ def test_data_format_writes_loadable_prompt_completion_jsonl(tmp_path, raw_dir):
     records = write_prepared(tmp_path / "data", raw_dir)
     assert main(["data", "format", str(tmp_path / "data"), "--template", "alpaca", "--out",
                  str(tmp_path / "fmt")]) == 0
-    assert sorted(p.name for p in (tmp_path / "fmt").iterdir()) == ["dev.jsonl", "format.json", "test.jsonl",
-                                                                     "train.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "fmt").iterdir()) == [".llmft.json", "dev.jsonl", "format.json",
+                                                                     "test.jsonl", "train.jsonl"]   # + the marker
     ds = datasets.load_dataset("json", data_files={s: str(tmp_path / "fmt" / f"{s}.jsonl")
                                                     for s in ("train", "dev", "test")},
                                cache_dir=str(tmp_path / "hf"))
@@ -217,7 +217,7 @@ def test_data_format_superni_and_chat_with_a_model_folder(tmp_path, raw_dir, smo
                  "--out", str(tmp_path / "ni")]) == 0
     row = json.loads((tmp_path / "ni" / "test.jsonl").read_text(encoding="utf-8"))
     assert row == {"prompt": render(record, "superni", k_positive=2)[0], "completion": "030"}
-    assert sorted(p.name for p in (tmp_path / "ni").iterdir()) == ["format.json", "test.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "ni").iterdir()) == [".llmft.json", "format.json", "test.jsonl"]
 
     from tiny_models import save_tiny_model
 

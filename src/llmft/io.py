@@ -19,7 +19,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     so an interrupted run never leaves a file that looks complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.llmft-tmp-", dir=path.parent)   # folders.TMP_TAG
     os.close(fd)
     try:
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": "\n"}
@@ -41,23 +41,12 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike):
-    """Build a directory under a temporary name and rename it into place when the block succeeds."""
-    import shutil
+def atomic_dir(path: str | os.PathLike, command: str | None = None):
+    """Build a directory under a temporary name and swap it into place when the block succeeds (folders.atomic_dir:
+    the old one is renamed aside, never deleted before the new one is in)."""
+    from llmft.folders import atomic_dir as swap
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return swap(path, command)
 
 
 def dumps_record(obj: Any) -> str:

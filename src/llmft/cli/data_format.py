@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmft.errors import InputFormatError, LlmftError
-from llmft.io import atomic_dir, dumps_record, progress, read_jsonl, write_json
+from llmft.folders import check_not_inside, new_folder
+from llmft.io import dumps_record, progress, read_jsonl, write_json
 from llmft.data.prompts import TEMPLATES, render
 
 SPLITS = ("train", "dev", "test")
@@ -42,8 +43,9 @@ def format_folder(data_dir: Path, out: Path, template: str, *, tokenizer=None, k
         raise LlmftError(f"{data_dir}: no train.jsonl, dev.jsonl or test.jsonl (run `llmft data prepare` first)")
     if template == "chat" and tokenizer is None:
         raise LlmftError("--template chat needs --model (the tokenizer's chat template)")
+    check_not_inside(out, [data_dir])
     counts = {}
-    with atomic_dir(out) as tmp:
+    with new_folder(out, "data format") as tmp:
         for split in splits:
             counts[split] = format_split(data_dir / f"{split}.jsonl", tmp / f"{split}.jsonl", template, tokenizer,
                                          k_positive)

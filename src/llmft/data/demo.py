@@ -504,8 +504,12 @@ def alpaca_records(seed: int, instances: int) -> list[dict]:
     return records
 
 
+ALPACA_FILE = "alpaca/alpaca_data.json"
+UNNATURAL_FILE = "unnatural_instructions/core_data.jsonl"
+
+
 def write_alpaca(out: Path, seed: int, instances: int) -> Path:
-    path = out / "alpaca" / "alpaca_data.json"
+    path = out / ALPACA_FILE
     with atomic_write(path) as f:
         f.write(json.dumps(alpaca_records(seed, instances), indent=4))   # upstream: ASCII escapes, no final newline
     return path
@@ -580,7 +584,7 @@ def unnatural_records(seed: int, instances: int) -> list[dict]:
 
 
 def write_unnatural(out: Path, seed: int, instances: int) -> Path:
-    path = out / "unnatural_instructions" / "core_data.jsonl"
+    path = out / UNNATURAL_FILE
     with atomic_write(path) as f:
         for row in unnatural_records(seed, instances):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -589,8 +593,13 @@ def write_unnatural(out: Path, seed: int, instances: int) -> Path:
 
 def write_demo(out: str | Path, seed: int = 0, instances: int = 60) -> dict:
     """Write all three datasets under `out`; returns a summary (paths and counts)."""
+    from llmft.folders import new_folder
+
     out = Path(out)
-    ni_paths = write_natural_instructions(out, seed, instances)
+    with new_folder(out, "data demo") as tmp:
+        ni_paths = write_natural_instructions(tmp, seed, instances)
+        write_alpaca(tmp, seed, instances)
+        write_unnatural(tmp, seed, instances)
     counts = {
         "alpaca": sum(1 for t in TASKS if t.where == ALPACA) * instances,
         "natural-instructions (train tasks)": sum(1 for t in TASKS if t.where == NI_TRAIN) * instances,
@@ -598,10 +607,10 @@ def write_demo(out: str | Path, seed: int = 0, instances: int = 60) -> dict:
         "unnatural-instructions": sum(1 for t in TASKS if t.where == UNNATURAL) * instances,
     }
     return {
-        "alpaca": str(write_alpaca(out, seed, instances)),
+        "alpaca": str(out / ALPACA_FILE),
         "natural_instructions": str(out / "natural_instructions"),
         "natural_instructions_tasks": len(ni_paths),
-        "unnatural_instructions": str(write_unnatural(out, seed, instances)),
+        "unnatural_instructions": str(out / UNNATURAL_FILE),
         "task_types": len(TASKS),
         "instances": counts,
     }

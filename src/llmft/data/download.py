@@ -265,15 +265,19 @@ def _load_manifest(path: Path) -> dict[str, dict]:
 def download(out: str | Path, sources: list[str] | None = None, *, base_url: str | None = None,
              verify_files: bool = True, timeout: float = 30.0) -> dict:
     """Fetch (or resume, or keep when already complete) every file of the chosen sources into `out`."""
+    from llmft.folders import own_folder
+
     out = Path(out)
     base_url = base_url or os.environ.get(BASE_URL_ENV) or None
     manifest_path = out / MANIFEST
-    entries = _load_manifest(manifest_path)
-    for remote in selected_files(sources):
-        entry = _download_one(out, remote, base_url, verify_files, timeout, entries.get(remote.dest))
-        entries[remote.dest] = entry
-        write_json(manifest_path, {"files": sorted(entries.values(), key=lambda e: e["path"])})
-    return {"manifest": str(manifest_path), "files": [entries[f.dest] for f in selected_files(sources)]}
+    remotes = selected_files(sources)
+    with own_folder(out, "data download", legacy=MANIFEST):   # locked; a folder of the user's own is refused
+        entries = _load_manifest(manifest_path)
+        for remote in remotes:
+            entry = _download_one(out, remote, base_url, verify_files, timeout, entries.get(remote.dest))
+            entries[remote.dest] = entry
+            write_json(manifest_path, {"files": sorted(entries.values(), key=lambda e: e["path"])})
+    return {"manifest": str(manifest_path), "files": [entries[f.dest] for f in remotes]}
 
 
 def _download_one(out: Path, remote: RemoteFile, base_url: str | None, verify_files: bool, timeout: float,
