@@ -227,6 +227,7 @@ class EvalConfig:
     limit: int = 0                          # 0: every record
     batch_size: int = 16
     base: bool = True                       # also score the base model without the adapter
+    loss: bool = True                       # also the response loss / perplexity (one more forward pass)
 
     def validate(self) -> list[str]:
         problems = []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-DATA_COMMANDS = ("convert", "prepare", "format", "stats", "download", "demo")
+DATA_COMMANDS = ("convert", "prepare", "format", "inspect", "stats", "download", "demo")
 
 
 def register(sub) -> None:

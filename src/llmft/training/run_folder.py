@@ -3,6 +3,7 @@
 A run folder counts as complete only once summary.json exists; it is written last, atomically."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -11,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmft import io
+from llmft import folders, io
 from llmft.config import save_config
 from llmft.errors import LlmftError
 
@@ -19,18 +20,30 @@ PACKAGES = ("llmft", "torch", "transformers", "peft", "accelerate", "safetensors
 
 
 def prepare_run_dir(out: str | Path, resume: bool) -> Path:
-    """The run folder; refuses to train over an existing run unless resuming it."""
+    """The run folder; refuses to train over an existing run unless resuming it, and any folder `llmft train` did
+    not create (folders.MARKER)."""
     out = Path(out)
     if resume:
         if not out.is_dir():
             raise LlmftError(f"{out}: nothing to resume (the run folder does not exist)")
         if (out / "summary.json").exists():
             raise LlmftError(f"{out}: this run already finished (summary.json exists); nothing to resume")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and folders.created_by(out) == "train" and not folders.is_empty(out):
         raise LlmftError(f"{out}: the run folder exists and is not empty; pass --resume to continue it "
                          f"or choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    folders.claim(out, "train", legacy="config.yaml" if resume else None)
     return out
+
+
+@contextlib.contextmanager
+def open_run_dir(out: str | Path, resume: bool):
+    """Hold the run folder's writer lock for the whole training (a second `llmft train --out` of the same folder
+    is refused), check it as prepare_run_dir does, and clean up what a killed run left (temporary folders)."""
+    with folders.locked(out):
+        folders.recover(Path(out))
+        run_dir = prepare_run_dir(out, resume)
+        folders.clean_tree(run_dir)
+        yield run_dir
 
 
 def write_config(run_dir: Path, cfg) -> None:
@@ -41,7 +54,21 @@ def write_template(run_dir: Path, cfg, model_ref: str) -> None:
     """What eval / generate need to prompt the model exactly as in training."""
     io.write_json(run_dir / "template.json", {
         "template": cfg.template, "k_positive": cfg.k_positive, "max_length": cfg.max_length,
+        "train_on": cfg.train_on,
         "model": model_ref, "method": cfg.method, "trust_remote_code": cfg.trust_remote_code})
+
+
+HELDOUT_FILE = "heldout.json"
+
+
+def write_heldout(run_dir: Path, data) -> None:
+    """Which rows of a single training file were held out as the dev set (0-based), with the file's hash, so
+    `llmft eval` scores those rows by default instead of a file that is ~95% training rows."""
+    if data.dev_rows is None:
+        return
+    source = Path(data.files[0])
+    io.write_json(run_dir / HELDOUT_FILE, {"file": str(source.resolve()), "sha256": io.sha256_file(source),
+                                           "origin": data.dev_origin, "rows": list(data.dev_rows)})
 
 
 def package_versions() -> dict:
@@ -68,13 +95,21 @@ def git_commit() -> str | None:
 
 
 def write_manifest(run_dir: Path, cfg, data_files: list[Path], extra: dict) -> None:
+    """manifest.json; a resumed run whose data changed (--allow-data-change) keeps the earlier data hashes in
+    `data_history` instead of overwriting them."""
+    data = {str(p): io.sha256_file(p) for p in data_files}
+    previous = io.load_json(run_dir / "manifest.json") if cfg.resume and (run_dir / "manifest.json").exists() else {}
+    history = list(previous.get("data_history", []))
+    if previous.get("data") and sorted(previous["data"].values()) != sorted(data.values()):
+        history.append({"data": previous["data"], "until_step": extra.get("resumed_from_step")})
     io.write_json(run_dir / "manifest.json", {
         "command": sys.argv,
         "cwd": os.getcwd(),
         "seed": cfg.seed,
         "git_commit": git_commit(),
         "packages": package_versions(),
-        "data": {str(p): io.sha256_file(p) for p in data_files},
+        "data": data,
+        **({"data_history": history} if history else {}),
         **extra,
     })
 

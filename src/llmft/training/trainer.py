@@ -17,7 +17,7 @@ uninterrupted run drew.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from llmft import io
 from llmft.config import TrainConfig, check
 from llmft.training import run_folder as runfolder
 from llmft.training.batching import Batcher, model_inputs, packing_is_isolated
+from llmft.training.bottleneck import save_bottleneck
 from llmft.training.checkpoint import (Progress, check_resumable, gathered_state, list_checkpoints, load_checkpoint,
                                        save_checkpoint, step_seed)
 from llmft.training.cpu import choose_compute_dtype
@@ -57,10 +58,13 @@ class Trainer:
         self.dtype_choice = self._choose_dtype()
         self.bf16 = self.dtype_choice.bf16
         self.run_dir = Path(cfg.out)
+        self.folder_lock = ExitStack()      # the main process holds the run folder's lock until train() returns
         if self.acc.is_main_process:
-            runfolder.prepare_run_dir(self.run_dir, cfg.resume)
-            if cfg.resume:
-                check_resumable(self.run_dir, cfg)
+            with self.folder_lock.pop_all() as held:    # released at once if a check below refuses the folder
+                held.enter_context(runfolder.open_run_dir(self.run_dir, cfg.resume))
+                if cfg.resume:
+                    check_resumable(self.run_dir, cfg)
+                self.folder_lock = held.pop_all()
         self.acc.wait_for_everyone()
 
     def _choose_dtype(self):
@@ -117,12 +121,14 @@ class Trainer:
     def _tokenize(self, rows: list[dict]):
         cfg = self.cfg
         return tokenize_records(rows, self.tokenizer, template=cfg.template, max_length=cfg.max_length,
-                                k_positive=cfg.k_positive, cache_dir=io.cache_dir() / "tokenized")
+                                k_positive=cfg.k_positive, train_on=cfg.train_on,
+                                cache_dir=io.cache_dir() / "tokenized")
 
     def _write_run_files(self, attention: str) -> None:
         cfg, run_dir = self.cfg, self.run_dir
         runfolder.write_config(run_dir, cfg)
         runfolder.write_template(run_dir, cfg, model_reference(cfg.model))
+        runfolder.write_heldout(run_dir, self.data)
         runfolder.write_manifest(run_dir, cfg, self.data.files, {
             "model": {"name": cfg.model, "path": resolve_model(cfg.model)},
             "device": str(self.device), "world_size": self.world, "cpu_threads": self.threads, "bf16": self.bf16,
@@ -290,7 +296,7 @@ class Trainer:
     def _finish(self) -> dict | None:
         summary = None
         # every process takes part in gathering the weights (collective under FSDP); the main one writes them
-        state = gathered_state(self.wrapped, trainable_only=self.cfg.method == "lora")
+        state = gathered_state(self.wrapped, trainable_only=self.cfg.method != "full")
         if self.acc.is_main_process:
             self._save_final_model(state)
             summary = self._summary()
@@ -302,7 +308,11 @@ class Trainer:
     def _save_final_model(self, state: dict[str, torch.Tensor]) -> None:
         name = "model" if self.cfg.method == "full" else "adapter"
         with io.atomic_dir(self.run_dir / name) as tmp:
-            self.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            if self.cfg.method == "adapter":
+                trained = trainable_parameters(self.model)     # the state also names tied weights (lm_head)
+                save_bottleneck(tmp, {k: v for k, v in state.items() if k in trained}, self.model.llmft_bottleneck)
+            else:
+                self.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             if name == "model":
                 self.tokenizer.save_pretrained(tmp)
         with io.atomic_dir(self.run_dir / "tokenizer") as tmp:
@@ -340,5 +350,6 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None) -> dict | None:
 
     `stop_after=N` stops right after step N with a checkpoint, as an interrupted run would (tests, benchmarks)."""
     trainer = Trainer(cfg)
-    trainer.setup()
-    return trainer.fit(stop_after=stop_after)
+    with trainer.folder_lock:
+        trainer.setup()
+        return trainer.fit(stop_after=stop_after)
