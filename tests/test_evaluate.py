@@ -12,7 +12,7 @@ from llmft.cli import main
 from llmft.config import EvalConfig
 from llmft.errors import InputFormatError, LlmftError
 from llmft.evaluation.evaluate import evaluate_run
-from llmft.evaluation.generate import GenerationOptions, generate
+from llmft.evaluation.generate import GenerationOptions, encode_prompt, generate
 from llmft.training.model import load_run_model
 from llmft.data.prompts import render
 from llmft.evaluation.report import comparison_table, plot_base_vs_tuned
@@ -69,9 +69,12 @@ def test_eval_writes_exact_scores_and_files(run_dir, monkeypatch, capsys):
     calls = _scripted(monkeypatch)
     result = evaluate_run(run_dir, EvalConfig(max_new_tokens=7, batch_size=3))
 
-    # base runs with the adapter disabled, then the tuned model; both see the run's alpaca prompts
+    # base runs with the adapter disabled, then the tuned model; both see the run's alpaca prompts, as the token ids
+    # of the training examples' prompts
     assert [c["adapter_disabled"] for c in calls] == [True, False]
-    assert calls[0]["prompts"] == [render(r, "alpaca")[0] for r in RECORDS] == calls[1]["prompts"]
+    tuned_model, tokenizer = load_run_model(run_dir)
+    assert calls[0]["prompts"] == [encode_prompt(tokenizer, render(r, "alpaca")[0]) for r in RECORDS] \
+        == calls[1]["prompts"]
     assert (calls[0]["max_new_tokens"], calls[0]["batch_size"]) == (7, 3)
 
     tuned = result["tuned"]
@@ -88,7 +91,6 @@ def test_eval_writes_exact_scores_and_files(run_dir, monkeypatch, capsys):
     assert result["base"]["rougeL"] == 0.0 and result["base"]["exact_match"] == 0.0
 
     # loss: token-weighted over response tokens, the same as scoring each record alone
-    tuned_model, tokenizer = load_run_model(run_dir)
     loss, tokens = _reference_loss(tuned_model, tokenizer, RECORDS)
     assert tuned["loss_tokens"] == tokens
     assert tuned["loss"] == pytest.approx(loss, abs=1e-5)
@@ -143,7 +145,7 @@ def test_eval_errors_name_the_problem(run_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps({"id": "x", "source": "alpaca"}) + "\n",
                    encoding="utf-8")
-    with pytest.raises(InputFormatError, match=r"bad.jsonl: record 2: missing field 'task'"):
+    with pytest.raises(InputFormatError, match=r"bad.jsonl: record 2: 'instruction' is missing or not a string"):
         evaluate_run(run_dir, EvalConfig(data=str(bad)))
     with pytest.raises(LlmftError, match="max_new_tokens must be positive"):
         evaluate_run(run_dir, EvalConfig(max_new_tokens=0))

@@ -14,13 +14,47 @@ from llmft.config import EvalConfig, check
 from llmft.errors import InputFormatError, LlmftError
 from llmft.evaluation.generate import GenerationOptions, generate, to_inference_device
 from llmft.evaluation.metrics import aggregate, aggregate_by, score_prediction
-from llmft.data.records import validate_record
+from llmft.data.conversation import single_turn_view
+from llmft.training.run_folder import HELDOUT_FILE
 from llmft.training.tokenize import IGNORE_INDEX
 
 LOSS_TOKENS_PER_BATCH = 8192   # padded tokens per loss forward (the chunked loss never holds full logits)
 
 
 # ---------------------------------------------------------------- data
+
+def eval_records(run_dir: Path, cfg: EvalConfig) -> list[dict]:
+    """`cfg.data` (all its rows), or the data the run was trained on: a prepared folder's `<split>.jsonl`, or for a
+    run trained on one JSONL file the rows training held out of it (never its training rows)."""
+    if not cfg.data:
+        data = Path(_run_config_data(run_dir))
+        if data.is_file() or ((run_dir / HELDOUT_FILE).exists() and not (data / f"{cfg.split}.jsonl").exists()):
+            return _held_out_records(run_dir, data, cfg.limit)
+    return load_eval_records(eval_data_path(run_dir, cfg), cfg.limit)
+
+
+def _held_out_records(run_dir: Path, data: Path, limit: int) -> list[dict]:
+    """The dev rows `llmft train` split off the run's JSONL file: as listed in heldout.json (the file must be
+    unchanged), or recomputed from the run's seed for runs that predate it."""
+    import yaml
+    from llmft.training.data import held_out_rows
+
+    listing = run_dir / HELDOUT_FILE
+    if listing.exists():
+        held = io.load_json(listing)
+        data = Path(held["file"])
+        if not data.is_file() or io.sha256_file(data) != held["sha256"]:
+            raise LlmftError(f"{data}: the run's training file is missing or changed since training, so its held-out "
+                             f"rows ({listing}) are unknown; give --data")
+        rows = set(held["rows"])
+    else:
+        seed = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("seed", 0)
+        rows = held_out_rows(sum(1 for _ in io.read_jsonl(data)), seed)
+    if not rows:
+        raise LlmftError(f"{data}: training held out no row of it (too few rows); give --data")
+    print(f"evaluating the {len(rows)} rows of {data} that training held out (not trained on)")
+    return load_eval_records(data, limit, rows)
+
 
 def eval_data_path(run_dir: Path, cfg: EvalConfig) -> Path:
     """`cfg.data` or the data the run was trained on: a prepared folder (its `<split>.jsonl`) or a JSONL file."""
@@ -46,15 +80,20 @@ def _run_config_data(run_dir: Path) -> str:
     return str(data)
 
 
-def load_eval_records(path: Path, limit: int = 0) -> list[dict]:
-    """Records (or `{prompt, completion}` rows) of the split; the first bad one stops with its place named."""
+def load_eval_records(path: Path, limit: int = 0, rows: set[int] | None = None) -> list[dict]:
+    """The rows `llmft train --data` takes (records, plain {instruction, input, output}, {prompt, completion} or
+    {messages} rows), each with its references filled in; `rows`: only these 0-based rows of the file. The first bad
+    row stops with its place named."""
+    from llmft.training.data import row_problem
+
     records = []
-    for number, row in enumerate(io.read_jsonl(path), 1):
-        if not ("prompt" in row and "completion" in row):
-            problems = validate_record(row)
-            if problems:
-                raise InputFormatError(path, f"record {number}: " + "; ".join(problems))
-        records.append(row)
+    for index, row in enumerate(io.read_jsonl(path)):
+        if rows is not None and index not in rows:
+            continue
+        problem = row_problem(row)
+        if problem:
+            raise InputFormatError(path, f"record {index + 1}: {problem}")
+        records.append(eval_record(row, f"{path.name}:{index + 1}"))
         if limit and len(records) >= limit:
             break
     if not records:
@@ -62,18 +101,49 @@ def load_eval_records(path: Path, limit: int = 0) -> list[dict]:
     return records
 
 
+def eval_record(row: dict, default_id: str) -> dict:
+    """A row with an id and the references its prediction is scored against: the record's references, else its
+    output, the completion of a {prompt, completion} row, or the last assistant turn of a conversation."""
+    record = dict(row)
+    record.setdefault("id", default_id)
+    record["references"] = references_of(row)
+    return record
+
+
 def references_of(record: dict) -> list[str]:
-    return list(record.get("references") or [record.get("output", record.get("completion", ""))])
+    if record.get("references"):
+        return list(record["references"])
+    if "prompt" in record and "completion" in record:
+        return [record["completion"]]
+    if record.get("messages") and "output" not in record:
+        return [single_turn_view(record["messages"])["output"]]
+    return [record.get("output", "")]
 
 
 # ---------------------------------------------------------------- loss
 
-def _encode(prompt: str, response: str, tokenizer, max_length: int):
-    """(input_ids, labels) exactly as training built them, or None when no response token survives truncation."""
-    from llmft.training.tokenize import encode
+def eval_examples(records: list[dict], tokenizer, info: dict) -> tuple[list, list]:
+    """Per record, the generation prompt as token ids and (input_ids, labels) for the loss, both from the example
+    training builds for it (tokenize.encode_record: the same max_length, superni shrinking and left cut of the
+    prompt). A conversation is scored on its last assistant turn: the prompt is everything before it."""
+    from llmft.data.prompts import render
+    from llmft.evaluation.generate import encode_prompt
+    from llmft.training.tokenize import encode_record
 
-    example = encode(prompt, response, tokenizer, max_length)
-    return None if example is None else (example.input_ids.tolist(), example.labels.tolist())
+    prompts, examples = [], []
+    for record in records:
+        example, _ = encode_record(record, tokenizer, template=info["template"],
+                                   max_length=info.get("max_length", 512), k_positive=info.get("k_positive", 0),
+                                   train_on="last_assistant")
+        if example is None:   # no response token fits: generate from the whole prompt, no loss
+            prompt, _ = render(record, info["template"], tokenizer=tokenizer, k_positive=info.get("k_positive", 0))
+            prompts.append(encode_prompt(tokenizer, prompt))
+            examples.append(None)
+            continue
+        first_trained = int((example.labels != IGNORE_INDEX).argmax())
+        prompts.append(example.input_ids[:first_trained].tolist())
+        examples.append((example.input_ids.tolist(), example.labels.tolist()))
+    return prompts, examples
 
 
 def _loss_batches(lengths: list[int]) -> list[list[int]]:
@@ -133,16 +203,23 @@ def score_model(model, tokenizer, records, prompts, examples, info: dict, cfg: E
 
 
 @contextlib.contextmanager
-def _base_model(run_dir: Path, tuned):
-    """The base model without the run's training: for a LoRA run the tuned model with its adapter switched off (loaded
-    once); for a full fine-tuning run the base weights are loaded beside it and freed afterwards."""
+def _base_model(run_dir: Path, tuned, trust_remote_code: bool = False):
+    """The base model without the run's training: for a LoRA or bottleneck-adapter run the tuned model with its
+    adapters switched off (loaded once); for a full fine-tuning run (or adapters with trained norms) the base
+    weights are loaded beside it and freed afterwards."""
     if hasattr(tuned, "disable_adapter"):
         with tuned.disable_adapter():
             yield tuned
         return
+    from llmft.training.bottleneck import bottleneck_disabled, has_bottleneck
+
+    if has_bottleneck(tuned) and not tuned.llmft_bottleneck.train_norms:
+        with bottleneck_disabled(tuned):
+            yield tuned
+        return
     from llmft.training.model import load_run_model
 
-    base, _ = load_run_model(run_dir, adapter=False)
+    base, _ = load_run_model(run_dir, adapter=False, trust_remote_code=trust_remote_code)
     try:
         yield to_inference_device(base)
     finally:
@@ -151,27 +228,34 @@ def _base_model(run_dir: Path, tuned):
 
 # ---------------------------------------------------------------- the run
 
-def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
-    """Score the run on `cfg.split`; writes eval.json, predictions.jsonl and eval.png into the run folder."""
-    from llmft.training.model import load_run_model
-    from llmft.data.prompts import render
-    from llmft.evaluation.report import comparison_table, plot_base_vs_tuned
+def evaluate_run(run_dir: str | Path, cfg: EvalConfig | None = None, *, trust_remote_code: bool = False) -> dict:
+    """Score the run on `cfg.split`; writes eval.json, predictions.jsonl and eval.png into the run folder, which
+    stays locked meanwhile (folders.own_folder: a second writer is refused). `trust_remote_code`: the user's
+    command-line choice, never the run folder's."""
+    from llmft.folders import own_folder
+    from llmft.training.model import load_template
 
     cfg = cfg or EvalConfig()
     check(cfg)
     run_dir = Path(run_dir)
-    model, tokenizer = load_run_model(run_dir, adapter=True)
+    load_template(run_dir)
+    with own_folder(run_dir, "eval", accept=("train",), must_exist=True, legacy="template.json"):
+        return _evaluate_locked(run_dir, cfg, trust_remote_code)
+
+
+def _evaluate_locked(run_dir: Path, cfg: EvalConfig, trust_remote_code: bool) -> dict:
+    from llmft.training.model import load_run_model
+    from llmft.evaluation.report import comparison_table, plot_base_vs_tuned
+
+    model, tokenizer = load_run_model(run_dir, adapter=True, trust_remote_code=trust_remote_code)
     info = model.llmft_template
     model = to_inference_device(model)
-    records = load_eval_records(eval_data_path(run_dir, cfg), cfg.limit)
-    rendered = [render(r, info["template"], tokenizer=tokenizer, k_positive=info.get("k_positive", 0))
-                for r in records]
-    prompts = [prompt for prompt, _ in rendered]
-    examples = [_encode(p, resp, tokenizer, info.get("max_length", 512)) for p, resp in rendered]
+    records = eval_records(run_dir, cfg)
+    prompts, examples = eval_examples(records, tokenizer, info)
 
     results, predictions, scores = {}, {}, {}
     if cfg.base:
-        with _base_model(run_dir, model) as base:
+        with _base_model(run_dir, model, trust_remote_code) as base:
             results["base"], predictions["base"], scores["base"] = score_model(
                 base, tokenizer, records, prompts, examples, info, cfg, "base")
     results["tuned"], predictions["tuned"], scores["tuned"] = score_model(

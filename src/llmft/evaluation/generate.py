@@ -2,6 +2,7 @@
 stopping at EOS (and the chat template's end-of-turn token), completions returned in the caller's order."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -105,10 +106,39 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+@contextlib.contextmanager
+def inference_ready(model):
+    """The model made cheaper to run for as long as the block lasts: a PEFT LoRA adapter is merged into its base
+    weights (W + s B A), so each linear layer is one matmul instead of three plus the adapter's Python, and is
+    unmerged afterwards. Greedy outputs equal the unmerged model's up to float rounding (tests/test_generate.py).
+    Anything else (no adapter, DoRA, a quantized base, several or disabled adapters) passes through unchanged."""
+    if not _mergeable_lora(model):
+        yield model
+        return
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+
+
+def _mergeable_lora(model) -> bool:
+    config = getattr(model, "peft_config", None)
+    if not config or getattr(model, "_adapters_disabled", False) or len(config) != 1:
+        return False
+    (adapter,) = config.values()
+    if getattr(adapter, "peft_type", None) != "LORA" or getattr(adapter, "use_dora", False):
+        return False
+    base = model.get_base_model()
+    return not (getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
+                or getattr(base.config, "quantization_config", None))
+
+
 @torch.no_grad()
 def generate_tokens(model, tokenizer, prompts: Sequence[str], options: GenerationOptions | None = None, *,
                     template: str | None = None, desc: str = "generating") -> list[list[int]]:
-    """The new token ids for each prompt (prompt and stop token stripped), in the order of `prompts`."""
+    """The new token ids for each prompt (prompt and stop token stripped), in the order of `prompts`: texts, or
+    token id lists used as they are (evaluation passes the prompt tokens of the training example)."""
     options = options or GenerationOptions()
     problems = options.validate()
     if problems:
@@ -121,7 +151,7 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], options: Generatio
     from llmft.training.tokenize import special_prefix
 
     prefix = special_prefix(tokenizer)
-    encoded = [encode_prompt(tokenizer, p, prefix) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, prefix) if isinstance(p, str) else list(p) for p in prompts]
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise LlmftError(f"prompt {empty[0] + 1} is empty: nothing to generate from")
