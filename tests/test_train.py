@@ -185,8 +185,9 @@ def test_resume_with_changed_settings_lists_them(tmp_path, data_dir, llama_base)
 def test_a_non_empty_run_folder_is_not_overwritten(tmp_path, data_dir, llama_base):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    with pytest.raises(LlmftError, match="not empty; pass --resume"):
+    with pytest.raises(LlmftError, match="not empty, and llmft did not create it"):   # --resume would not help
         train(make_cfg(data_dir, tmp_path / "run", llama_base))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
 
 
 # ---------------------------------------------------------------- run folder
@@ -198,7 +199,7 @@ def test_run_folder_contents(tmp_path, data_dir, llama_base):
     cfg = make_cfg(data_dir, run, llama_base, max_steps=4, eval_every=2, save_every=1, keep_checkpoints=2)
     summary = train(cfg)
     assert sorted(p.name for p in run.iterdir()) == [
-        "adapter", "checkpoints", "config.yaml", "loss.png", "manifest.json", "metrics.jsonl", "summary.json",
+        ".llmft.json", "adapter", "checkpoints", "config.yaml", "loss.png", "manifest.json", "metrics.jsonl", "summary.json",
         "template.json", "tokenizer"]
     assert load_config(TrainConfig, run / "config.yaml") == cfg
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2", "step-3"]

@@ -2,21 +2,23 @@
 (possibly sharded) model; and the check that a resumed run has the interrupted run's settings."""
 from __future__ import annotations
 
+import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from llmft import io
+from llmft import folders, io
 from llmft.config import TrainConfig, load_config
 from llmft.errors import LlmftError
 from llmft.training.optim import trainable_parameters
 from llmft.training.plan import Plan
 
-RESUME_MAY_DIFFER = ("resume", "eval_every", "save_every", "log_every", "tensorboard", "keep_checkpoints")
+RESUME_MAY_DIFFER = ("resume", "allow_data_change", "eval_every", "save_every", "log_every", "tensorboard",
+                     "keep_checkpoints")
+PATH_KEYS = ("data", "out")     # compared as resolved paths: ./runs/x and /abs/runs/x are the same folder
 
 
 @dataclass
@@ -70,7 +72,7 @@ def save_checkpoint(run_dir: Path, model, wrapped, optimizer, scheduler, progres
             "micro_per_step": plan.micro_per_step, "trainable_tokens": progress.trainable_tokens,
             "real_tokens": progress.real_tokens, "train_seconds": progress.train_seconds})
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old)
+        folders.remove_folder(old)
     return folder
 
 
@@ -125,12 +127,49 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def check_resumable(run_dir: Path, cfg: TrainConfig) -> None:
+    """The interrupted run's settings (paths compared resolved) and training data (compared by sha256; a change is
+    refused unless cfg.allow_data_change)."""
     saved = load_config(TrainConfig, run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else None
     if saved is None:
         raise LlmftError(f"{run_dir}: no config.yaml, so this is not a run that can be resumed")
+    manifest = _manifest(run_dir)
+    saved_cwd = Path(manifest.get("cwd") or ".")
     differ = [f"{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in vars(cfg)
-              if k not in RESUME_MAY_DIFFER and getattr(saved, k) != getattr(cfg, k)]
+              if k not in RESUME_MAY_DIFFER and not _same_setting(k, getattr(saved, k), getattr(cfg, k), saved_cwd)]
     if differ:
         raise LlmftError(f"{run_dir}: --resume needs the same settings as the interrupted run; changed:\n  - "
                          + "\n  - ".join(differ))
+    changed = changed_data_files(manifest.get("data") or {}, saved_cwd)
+    if changed and not cfg.allow_data_change:
+        raise LlmftError(f"{run_dir}: the training data changed since this run started ({'; '.join(changed)}); "
+                         f"resuming would train on different data. Pass --allow-data-change to continue anyway, "
+                         f"or start a new run")
 
+
+def _manifest(run_dir: Path) -> dict:
+    path = run_dir / "manifest.json"
+    return io.load_json(path) if path.exists() else {}
+
+
+def _same_setting(key: str, saved, now, saved_cwd: Path) -> bool:
+    if key in PATH_KEYS and isinstance(saved, str) and isinstance(now, str) and saved and now:
+        return _resolved(saved, saved_cwd) == _resolved(now, Path.cwd())
+    return saved == now
+
+
+def _resolved(path: str, cwd: Path) -> Path:
+    p = Path(path).expanduser()
+    return Path(os.path.realpath(p if p.is_absolute() else cwd / p))
+
+
+def changed_data_files(hashes: dict[str, str], saved_cwd: Path) -> list[str]:
+    """The data files of manifest.json (path -> sha256, paths as given in the run's working directory) whose
+    content is no longer what the run started with."""
+    changed = []
+    for name, digest in hashes.items():
+        path = _resolved(name, saved_cwd)
+        if not path.is_file():
+            changed.append(f"{name} is gone")
+        elif io.sha256_file(path) != digest:
+            changed.append(f"{name} has new content")
+    return changed

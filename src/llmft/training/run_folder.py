@@ -31,7 +31,7 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     elif out.exists() and folders.created_by(out) == "train" and not folders.is_empty(out):
         raise LlmftError(f"{out}: the run folder exists and is not empty; pass --resume to continue it "
                          f"or choose a new --out")
-    folders.claim(out, "train", legacy="config.yaml" if resume else None)
+    folders.claim(out, "train")
     return out
 
 
