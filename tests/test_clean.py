@@ -28,7 +28,8 @@ def test_normalize_whitespace_fields_and_references():
 
 def test_filters_in_order_with_reasons():
     cfg = DataConfig(max_chars=20)
-    assert [f.__name__ for f in FILTERS] == ["empty_instruction", "empty_output", "nooutput_marker", "overlong"]
+    assert [f.__name__ for f in FILTERS] == ["conversation_shape", "empty_instruction", "empty_output",
+                                           "nooutput_marker", "overlong"]
     assert clean(rec(instruction=" \n\x00 "), cfg) == (None, REASON_EMPTY_INSTRUCTION)
     assert clean(rec(output="\u200b  "), cfg) == (None, REASON_EMPTY_OUTPUT)
     assert clean(rec(instruction="", output=""), cfg) == (None, REASON_EMPTY_INSTRUCTION)

@@ -47,7 +47,7 @@ def test_other_seed_changes_the_data(demo_dir, tmp_path):
 
 def test_file_layout_and_counts(demo_dir):
     files = _all_files(demo_dir)
-    assert len(files) == 1 + 25 + 2 + 1 + 1      # + the .llmft.json marker
+    assert len(files) == 1 + 25 + 2 + 1 + 1 + 1      # + the chat conversations, the .llmft.json marker
     alpaca = json.loads(files["alpaca/alpaca_data.json"])
     assert len(alpaca) == 8 * INSTANCES
     lines = (demo_dir / "unnatural_instructions" / "core_data.jsonl").read_text("utf-8").splitlines()

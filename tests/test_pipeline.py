@@ -183,15 +183,17 @@ def test_stages_run_in_order_with_the_resolved_paths(tmp_path):
 
 def test_held_out_and_seen_tasks_on_the_prepared_demo_data(tmp_path):
     summary = run_small(tmp_path / "run", FakeStages())
-    # demo data, 10 instances per type: alpaca 8 types x 10 = 80 and unnatural 7 x 10 = 70 records, test 10% of
-    # each (seen task types); natural-instructions test = the 9 held-out tasks x 2 official instances.
-    assert summary["data"]["splits"]["test"] == 8 + 7 + 18
-    assert summary["seen_tasks"]["tasks"] == ["alpaca", "unnatural-instructions"]
+    # demo data, 10 instances per type: alpaca 8 types x 10 = 80, unnatural 7 x 10 = 70 and chat 7 x 10 = 70
+    # records, test 10% of each (seen task types; the chat conversations of the 4 categories drawn for test);
+    # natural-instructions test = the 9 held-out tasks x 2 official instances.
+    assert summary["data"]["splits"]["test"] == 8 + 7 + 7 + 18
+    assert summary["seen_tasks"]["tasks"] == ["alpaca", "date_parts", "list_questions", "name_recall",
+                                              "shouted_words", "unnatural-instructions"]
     assert summary["held_out_tasks"]["tasks"] == NI_HELD_OUT
-    assert summary["seen_tasks"]["tuned"] == {"rougeL": 100.0, "exact_match": 100.0, "n": 15}
-    assert summary["seen_tasks"]["base"] == {"rougeL": 0.0, "exact_match": 0.0, "n": 15}
+    assert summary["seen_tasks"]["tuned"] == {"rougeL": 100.0, "exact_match": 100.0, "n": 22}
+    assert summary["seen_tasks"]["base"] == {"rougeL": 0.0, "exact_match": 0.0, "n": 22}
     assert summary["held_out_tasks"]["tuned"] == {"rougeL": 0.0, "exact_match": 0.0, "n": 18}
-    assert summary["overall"]["tuned"]["exact_match"] == round(100 * 15 / 33, 4)
+    assert summary["overall"]["tuned"]["exact_match"] == round(100 * 22 / 40, 4)
     assert summary["per_source"]["tuned"]["natural-instructions"]["exact_match"] == 0.0
     assert summary["tasks_at_zero"] == NI_HELD_OUT
 
@@ -218,12 +220,14 @@ def test_report_contents(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
     assert "| alpaca | 80 | 68 | 4 | 8 |" in report               # data table from the prepare manifest
     assert "| unnatural-instructions | 70 | 59 | 4 | 7 |" in report
+    assert "| chat | 70 | 59 | 4 | 7 |" in report                  # the multi-turn demo conversations
     assert "| natural-instructions | 250 | 150 | 10 | 18 |" in report  # 16 train tasks x 10, one of them dev
     assert "Rejected: 72 (test task beyond official eval set: 72); deduplicated: 0." in report
     assert "![loss curve](train/loss.png)" in report and "![base vs tuned](train/eval.png)" in report
     assert "120 steps in 1.5 min (123.4 tokens/s); dev loss 3.000 -> 0.500." in report
-    assert ("| tasks seen in training (new instances) | 2 | 15 | 0.0 | 100.0 | +100.0 | 0.0 | 100.0 | +100.0 |"
+    assert ("| tasks seen in training (new instances) | 6 | 22 | 0.0 | 100.0 | +100.0 | 0.0 | 100.0 | +100.0 |"
             in report)
+    assert "| chat | 7 | 0.00 | 100.00 | 0.00 | 100.00 |" in report                        # scored per source
     assert "| held-out tasks (never trained on) | 9 | 18 | 0.0 | 0.0 | +0.0 | 0.0 | 0.0 | +0.0 |" in report
     for heading in ("### Overall", "### Per source", "### Per task", "## Notes", "## Stage times"):
         assert heading in report
@@ -295,9 +299,9 @@ def test_cli_runs_the_pipeline_and_prints_the_closing_summary(tmp_path, monkeypa
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"== llmft run finished: {out}" in printed
-    assert "  overall: exact match 0.0 -> 45.5, ROUGE-L 0.0 -> 45.5 (n=33)" in printed
+    assert "  overall: exact match 0.0 -> 55.0, ROUGE-L 0.0 -> 55.0 (n=40)" in printed
     assert "  natural-instructions: exact match 0.0 -> 0.0, ROUGE-L 0.0 -> 0.0 (n=18)" in printed
-    assert "  seen tasks (new instances), 2 task(s): exact match 0.0 -> 100.0, ROUGE-L 0.0 -> 100.0 (n=15)" in printed
+    assert "  seen tasks (new instances), 6 task(s): exact match 0.0 -> 100.0, ROUGE-L 0.0 -> 100.0 (n=22)" in printed
     assert "  held-out tasks, 9 task(s): exact match 0.0 -> 0.0, ROUGE-L 0.0 -> 0.0 (n=18)" in printed
     assert f"report: {out / 'report.md'}" in printed
 

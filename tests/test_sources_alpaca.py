@@ -210,6 +210,7 @@ def test_streaming_reader_memory_stays_bounded():
 
 
 def test_source_registry():
-    assert set(SOURCES) == {"alpaca", "self-instruct", "natural-instructions", "unnatural-instructions"}
+    assert set(SOURCES) == {"alpaca", "self-instruct", "natural-instructions", "unnatural-instructions", "chat",
+                            "table"}
     for module in SOURCES.values():
         assert callable(module.to_records) and callable(module.read) and callable(module.units)

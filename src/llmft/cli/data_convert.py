@@ -74,7 +74,7 @@ def register(sub) -> None:
                             description=__doc__)
     parser.add_argument("source", choices=sorted(SOURCES), help="which dataset the files come from")
     parser.add_argument("path", help="a file, a folder of files, or (unnatural-instructions) a .zip; chat and "
-                        "table: also Parquet, Arrow, CSV, a save_to_disk folder, a URL or a hub dataset id")
+                        "table: also Parquet, Arrow, CSV, a save_to_disk folder or a hub dataset id")
     parser.add_argument("--out", required=True, help="records JSONL to write")
     parser.add_argument("--rejects", help="rejects JSONL (default: <out>.rejects.jsonl)")
     parser.add_argument("--overwrite", action="store_true",

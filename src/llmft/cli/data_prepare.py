@@ -9,6 +9,9 @@ SOURCE_FLAGS = (
     ("--natural-instructions", "natural_instructions",
      "Super-NaturalInstructions root (with tasks/ and splits/default/), tasks folder, or task file"),
     ("--unnatural-instructions", "unnatural_instructions", "Unnatural Instructions core/full JSONL"),
+    ("--chat", "chat", "conversations, messages or ShareGPT (JSON, JSONL, Parquet, Arrow, CSV, a save_to_disk "
+     "folder, a folder of such files, or a hub dataset id)"),
+    ("--table", "table", "any table datasets reads (as --chat), its columns named by --columns"),
 )
 
 
@@ -38,13 +41,25 @@ def register(sub) -> None:
     parser.add_argument("--max-instances-per-task", type=int, help="natural-instructions: cap per non-test task")
     parser.add_argument("--max-chars", type=int, help="reject longer records (instruction+input+output); 0: no limit")
     parser.add_argument("--workers", type=int, help="processes converting files in parallel (0: one per CPU core)")
+    parser.add_argument("--columns", dest="table_columns", action="append", metavar="KEY=COLUMN,...",
+                        help="--table columns: instruction=question,input=context,output=answer or "
+                        "prompt=...,completion=... (also task=, id=); one for every --table, or one for all")
+    parser.add_argument("--dataset-split", help="--chat/--table hub datasets and DatasetDict folders: the split to "
+                        "read (default: every split)")
+    parser.add_argument("--cap", dest="source_caps", action="append", metavar="SOURCE=N",
+                        help="at most N train records of SOURCE (seeded draw; the rest are rejects of stage mix); "
+                        "repeatable")
+    parser.add_argument("--weight", dest="source_weights", action="append", metavar="SOURCE=W",
+                        help="train shares among the sources given (alpaca=1 --weight chat=3): sources are cut, never "
+                        "repeated, to meet them; repeatable")
     parser.set_defaults(func=run)
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
     names = ("alpaca", "self_instruct", "natural_instructions", "unnatural_instructions", "split", "dev_ratio",
              "test_ratio", "seed", "strict", "near_dedup", "near_dedup_threshold", "reformulations", "languages",
-             "max_instances_per_task", "max_chars", "workers")
+             "max_instances_per_task", "max_chars", "workers", "chat", "table", "table_columns", "dataset_split",
+             "source_caps", "source_weights")
     return {name: getattr(args, name) for name in names}
 
 

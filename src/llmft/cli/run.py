@@ -6,6 +6,7 @@ SOURCE_FLAGS = (
     ("--self-instruct", "self_instruct", "Self-Instruct JSONL"),
     ("--natural-instructions", "natural_instructions", "Super-NaturalInstructions root (tasks/ and splits/default/)"),
     ("--unnatural-instructions", "unnatural_instructions", "Unnatural Instructions core/full JSONL"),
+    ("--chat", "chat", "conversations, messages or ShareGPT (a file, folder or hub dataset id)"),
 )
 
 

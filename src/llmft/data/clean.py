@@ -11,6 +11,7 @@ import re
 from typing import Callable
 
 from llmft.config import DataConfig
+from llmft.data import turns
 from llmft.data.records import Record
 
 # C0/C1 control characters and DEL, except tab and newline (carriage returns become newlines first).
@@ -49,13 +50,37 @@ def normalize_text(text: str) -> str:
 
 def normalize_whitespace(record: Record) -> Record:
     """The record with every text normalised; the very same object when nothing changed (the usual case, which
-    lets the caller reuse what it already serialised)."""
+    lets the caller reuse what it already serialised). A conversation's turns are normalised and its single-turn
+    view (first user turn, last assistant turn) follows them."""
+    if record.messages:
+        return normalize_conversation(record)
     instruction, input_text, output = (normalize_text(t) for t in (record.instruction, record.input, record.output))
     references = [r for r in map(normalize_text, record.references) if r] or ([output] if output else [])
     if (instruction, input_text, output, references) == (record.instruction, record.input, record.output,
                                                          record.references):
         return record
     return dataclasses.replace(record, instruction=instruction, input=input_text, output=output, references=references)
+
+
+def normalize_conversation(record: Record) -> Record:
+    messages = [{"role": turn["role"], "content": normalize_text(turn["content"])} for turn in record.messages]
+    if messages == record.messages:
+        return record
+    if turns.problem(messages):      # e.g. a turn of zero-width spaces is empty now: conversation_shape rejects it
+        return dataclasses.replace(record, messages=messages)
+    instruction, output = turns.single_turn_view(messages)
+    references = [output] if record.references == [record.output] else [r for r in map(normalize_text,
+                                                                                          record.references) if r]
+    return dataclasses.replace(record, instruction=instruction, output=output, references=references or [output],
+                               messages=messages)
+
+
+def conversation_shape(record: Record, cfg: DataConfig) -> tuple[bool, str | None]:
+    """A conversation must still be one after normalising (no empty turn, roles in order); see turns.problem."""
+    if not record.messages:
+        return True, None
+    found = turns.problem(record.messages)
+    return (True, None) if found is None else (False, found[0])
 
 
 def empty_instruction(record: Record, cfg: DataConfig) -> tuple[bool, str | None]:
@@ -78,10 +103,12 @@ def overlong(record: Record, cfg: DataConfig) -> tuple[bool, str | None]:
 
 
 def record_chars(record: Record) -> int:
+    if record.messages:
+        return sum(len(turn["content"]) for turn in record.messages)
     return len(record.instruction) + len(record.input) + len(record.output)
 
 
-FILTERS: tuple[Filter, ...] = (empty_instruction, empty_output, nooutput_marker, overlong)
+FILTERS: tuple[Filter, ...] = (conversation_shape, empty_instruction, empty_output, nooutput_marker, overlong)
 
 
 def clean(record: Record, cfg: DataConfig) -> tuple[Record | None, str | None]:

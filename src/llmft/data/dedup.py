@@ -2,7 +2,8 @@
 
 Per record only small keys are kept in memory: a 64-bit hash of the normalised instruction + input + output
 (exact duplicates), a 64-bit hash of the normalised instruction + input (decontamination), and, for near
-duplicates, the LSH band hashes of a MinHash signature. The signatures themselves live in a file on disk and
+duplicates, the LSH band hashes of a MinHash signature. A conversation counts its system prompt as the instruction
+and its turns as input + output (`key_parts`). The signatures themselves live in a file on disk and
 are read back only for candidate pairs.
 
 Near duplicates: a record is a near duplicate of an earlier one when both the instruction and the
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmft.data import turns
 from llmft.data.records import Record
 
 NUM_PERM = 64               # per part: instruction, and input + output
@@ -53,13 +55,15 @@ def hash64(*parts: str) -> int:
 
 
 def exact_key(record: Record) -> int:
-    return hash64(normalize_for_key(record.instruction), normalize_for_key(record.input),
-                  normalize_for_key(record.output))
+    head, context, output = key_parts(record)
+    return hash64(*(normalize_for_key(t) for t in (head, *context, output)))
 
 
 def contamination_key(record: Record) -> int:
-    """What must not leak from train into dev/test: the normalised instruction + input."""
-    return hash64(normalize_for_key(record.instruction), normalize_for_key(record.input))
+    """What must not leak from train into dev/test: the normalised instruction + input (a conversation: all but
+    its last answer)."""
+    head, context, _ = key_parts(record)
+    return hash64(*(normalize_for_key(t) for t in (head, *context)))
 
 
 def shingles(text: str) -> set[bytes]:
@@ -92,15 +96,27 @@ class Keyer:
         return self.minhash.hashvalues.astype(np.uint32)
 
     def keys(self, record: Record) -> tuple[int, int, np.ndarray]:
+        head, context, output = key_parts(record)
         text, instruction, instruction_sig = self._instruction
-        if text != record.instruction:
-            instruction = normalize_for_key(record.instruction)
+        if text != head:
+            instruction = normalize_for_key(head)
             instruction_sig = self._signature(instruction.split())
-            self._instruction = (record.instruction, instruction, instruction_sig)
-        input_text, output = normalize_for_key(record.input), normalize_for_key(record.output)
-        io_sig = self._signature(input_text.split() + output.split())
-        return (hash64(instruction, input_text, output), hash64(instruction, input_text),
+            self._instruction = (head, instruction, instruction_sig)
+        context, output = [normalize_for_key(t) for t in context], normalize_for_key(output)
+        io_sig = self._signature([word for text in (*context, output) for word in text.split()])
+        return (hash64(instruction, *context, output), hash64(instruction, *context),
                 np.concatenate([instruction_sig, io_sig]))
+
+
+def key_parts(record: Record) -> tuple[str, list[str], str]:
+    """(head, context, answer): what the keys hash. A single-turn record: (instruction, [input], output). A
+    conversation: (its system prompt, every user and assistant turn before the last, the last assistant turn), so
+    exact and near duplicates are found over the whole conversation, a shared system prompt plays the part of a
+    shared task definition, and decontamination compares everything a model is shown before the answer."""
+    if not record.messages:
+        return record.instruction, [record.input], record.output
+    dialogue = turns.dialogue(record.messages)
+    return turns.system_prompt(record.messages), dialogue[:-1], dialogue[-1]
 
 
 @functools.lru_cache(maxsize=8)

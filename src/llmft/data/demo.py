@@ -4,7 +4,7 @@ Unnatural Instructions core), so the whole pipeline can run without downloading 
 Every task type is a pure function `make_<task>(rng) -> (input, output)` with one short, unambiguous answer. The
 registry assigns each type to one format; a few natural-instructions tasks are held out as test tasks, each a sibling
 of a trained type (uppercase a word -> uppercase a sentence, add two numbers -> add three), so transfer is plausible.
-The files then go through the same converters as real data.
+The files then go through the same converters as real data. The multi-turn chat source is demo_chat.py's.
 """
 from __future__ import annotations
 
@@ -592,7 +592,9 @@ def write_unnatural(out: Path, seed: int, instances: int) -> Path:
 
 
 def write_demo(out: str | Path, seed: int = 0, instances: int = 60) -> dict:
-    """Write all three datasets under `out`; returns a summary (paths and counts)."""
+    """Write the three instruction datasets and the multi-turn chat source (demo_chat) under `out`; returns a
+    summary (paths and counts)."""
+    from llmft.data.demo_chat import CHAT_FILE, CHAT_TASKS, write_chat
     from llmft.folders import new_folder
 
     out = Path(out)
@@ -600,17 +602,21 @@ def write_demo(out: str | Path, seed: int = 0, instances: int = 60) -> dict:
         ni_paths = write_natural_instructions(tmp, seed, instances)
         write_alpaca(tmp, seed, instances)
         write_unnatural(tmp, seed, instances)
+        write_chat(tmp, seed, instances)
     counts = {
         "alpaca": sum(1 for t in TASKS if t.where == ALPACA) * instances,
         "natural-instructions (train tasks)": sum(1 for t in TASKS if t.where == NI_TRAIN) * instances,
         "natural-instructions (test tasks)": sum(1 for t in TASKS if t.where == NI_TEST) * instances,
         "unnatural-instructions": sum(1 for t in TASKS if t.where == UNNATURAL) * instances,
+        "chat": len(CHAT_TASKS) * instances,
     }
     return {
         "alpaca": str(out / ALPACA_FILE),
         "natural_instructions": str(out / "natural_instructions"),
         "natural_instructions_tasks": len(ni_paths),
         "unnatural_instructions": str(out / UNNATURAL_FILE),
+        "chat": str(out / CHAT_FILE),
         "task_types": len(TASKS),
+        "chat_types": len(CHAT_TASKS),
         "instances": counts,
     }

@@ -67,7 +67,7 @@ def list_units(cfg: DataConfig) -> list[Unit]:
         paths: set[str] = set()
         module = source_module(source)
         for given in getattr(cfg, config_field(source)):
-            # chat and table also read URLs and hub dataset ids
+            # chat and table also read hub dataset ids
             if not Path(given).exists() and not getattr(module, "accepts_remote", lambda _: False)(given):
                 raise LlmftError(f"{given}: no such file or folder (given for {source})")
             paths.update(str(p) for p in module.units(given, cfg))
@@ -85,7 +85,7 @@ def list_units(cfg: DataConfig) -> list[Unit]:
 @dataclass
 class UnitResult:
     index: int
-    sha256: str | None          # None: a URL or hub dataset
+    sha256: str | None          # None: a hub dataset
     bytes: int | None
     converted: int = 0
     cleaned: int = 0
@@ -176,7 +176,7 @@ def process_unit(unit: Unit, cfg: DataConfig, work: Path) -> UnitResult:
         result = UnitResult(unit.index, *input_fingerprint(unit))
         writer = _UnitWriter(work, unit, cfg, result)
         try:
-            for item in source_module(unit.source).read(unit.path, cfg):   # a URL is no Path
+            for item in source_module(unit.source).read(unit.path, cfg):
                 if isinstance(item, Reject):
                     writer.reject("convert", item)
                 else:
@@ -199,7 +199,7 @@ def process_unit(unit: Unit, cfg: DataConfig, work: Path) -> UnitResult:
 
 
 def input_fingerprint(unit: Unit) -> tuple[str | None, int | None]:
-    """(sha256, bytes) of a unit file; a source that reads folders, URLs or hub ids says what it can."""
+    """(sha256, bytes) of a unit file; a source that reads folders or hub ids says what it can."""
     fingerprint = getattr(source_module(unit.source), "fingerprint", None)
     if fingerprint is not None:
         return fingerprint(unit.path)
@@ -559,7 +559,7 @@ def _counts_by_task(cols: Columns, decision) -> dict:
 
 
 def input_paths(cfg: DataConfig) -> list[str]:
-    local = [p for p in (*cfg.chat, *cfg.table) if Path(p).exists()]    # not URLs or hub ids
+    local = [p for p in (*cfg.chat, *cfg.table) if Path(p).exists()]    # not hub ids
     return [*cfg.alpaca, *cfg.self_instruct, *cfg.natural_instructions, *cfg.unnatural_instructions, *local]
 
 

@@ -16,7 +16,7 @@ from llmft.errors import LlmftError
 from llmft.pipeline.layout import Layout
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
-SOURCE_KEYS = ("alpaca", "self_instruct", "natural_instructions", "unnatural_instructions")
+SOURCE_KEYS = ("alpaca", "self_instruct", "natural_instructions", "unnatural_instructions", "chat")
 STAGE_NAMES = ("demo", "prepare", "budget", "train", "eval")
 # What `llmft data download --out DIR` leaves, per DataConfig source key (first existing path wins).
 DOWNLOADED_LAYOUT = {
@@ -114,9 +114,12 @@ def downloaded_sources(folder: str | Path) -> dict[str, list[str]]:
 
 def demo_sources(raw: Path) -> dict[str, list[str]]:
     """Where `data.demo.write_demo(raw)` puts each dataset."""
+    from llmft.data.demo_chat import CHAT_FILE
+
     return {"alpaca": [str(raw / "alpaca" / "alpaca_data.json")],
             "natural_instructions": [str(raw / "natural_instructions")],
-            "unnatural_instructions": [str(raw / "unnatural_instructions" / "core_data.jsonl")]}
+            "unnatural_instructions": [str(raw / "unnatural_instructions" / "core_data.jsonl")],
+            "chat": [str(raw / CHAT_FILE)]}
 
 
 def resolve_recipe(recipe: Recipe, out: str | Path, sources: dict[str, list[str]] | None = None) -> Recipe:

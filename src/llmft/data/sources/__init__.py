@@ -40,7 +40,7 @@ def convert(source: str, path: str | Path, cfg: DataConfig | None = None) -> Ite
     hold (a lone surrogate in its meta) is a reject: one item, not the whole file, fails."""
     module = get_source(source)
     cfg = cfg or DataConfig()
-    for unit in module.units(str(path), cfg):    # a str: chat and table also read URLs, which Path would mangle
+    for unit in module.units(str(path), cfg):    # chat and table also read hub dataset ids
         try:
             for item in module.read(unit, cfg):
                 if isinstance(item, Record) and has_surrogate(dumps_record(item.to_dict())):
