@@ -238,3 +238,30 @@ def test_train_on_conversations_with_packing_on_a_tiny_model(tmp_path, smol_toke
     assert json.loads((run / "template.json").read_text())["train_on"] == "last_assistant"
     held = json.loads((run / "heldout.json").read_text())
     assert len(held["rows"]) == 1 and held["file"] == str(data.resolve())
+
+
+@pytest.mark.slow
+def test_conversations_train_and_inspect_on_the_embedded_model(tmp_path, capsys):
+    """A few LoRA steps on conversations with SmolLM2-135M-Instruct, then `inspect --json` with its own chat
+    template: every example's trained spans are its assistant turns plus <|im_end|>, and nothing else."""
+    from llmft.config import TrainConfig
+    from llmft.training.trainer import train
+
+    data = write_conversations(tmp_path / "conv.jsonl", 24)
+    summary = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), template="chat", max_steps=3,
+                                batch_tokens=1024, max_length=256, eval_every=0, save_every=0, dev_limit=4))
+    assert summary["steps"] == 3
+    tokenized = json.loads((tmp_path / "run" / "manifest.json").read_text())["tokenize"]["train"]
+    assert tokenized["kept"] == 23 and tokenized["dropped"] == 0
+    assert main(["data", "inspect", str(data), "--template", "chat", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == len(rows) == 24
+    for line, row in zip(lines, rows):
+        assert line["trained"] == [c + "<|im_end|>" for c in assistant_contents(row["messages"])]
+        assert line["text"].count("<|im_start|>assistant\n") == len(line["trained"])
+    # eval defaults to the row training held out, and scores its last assistant turn
+    assert main(["eval", str(tmp_path / "run"), "--no-base", "--max-new-tokens", "8"]) == 0
+    [prediction] = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    held = json.loads((tmp_path / "run" / "heldout.json").read_text())["rows"]
+    assert prediction["references"] == [assistant_contents(rows[held[0]]["messages"])[-1]]
