@@ -27,6 +27,8 @@ def _register_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, help="prompts generated at once (default: 16)")
     p.add_argument("--no-base", dest="base", action="store_const", const=False,
                    help="skip the base model (without the adapter)")
+    p.add_argument("--no-loss", dest="loss", action="store_const", const=False,
+                   help="skip the response loss and perplexity (one forward pass over every record less)")
     _add_trust(p)
     p.set_defaults(func=_eval)
 
@@ -37,7 +39,8 @@ def _eval(args) -> int:
     from llmft.evaluation.evaluate import evaluate_run
 
     overrides = {"split": args.split, "data": args.data, "max_new_tokens": args.max_new_tokens,
-                 "limit": args.limit, "batch_size": args.batch_size, "base": args.base}
+                 "limit": args.limit, "batch_size": args.batch_size, "base": args.base,
+                 "loss": args.loss}
     cfg = load_config(EvalConfig, args.config, overrides)
     tune_cpu()
     evaluate_run(_run_dir(args.run_dir), cfg, trust_remote_code=args.trust_remote_code)

@@ -41,10 +41,10 @@ def _train(cfg: TrainConfig) -> dict:
     return train(cfg)
 
 
-def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
+def _evaluate(run_dir: Path, cfg: EvalConfig, trust_remote_code: bool = False) -> dict:
     from llmft.evaluation.evaluate import evaluate_run
 
-    return evaluate_run(run_dir, cfg)
+    return evaluate_run(run_dir, cfg, trust_remote_code=trust_remote_code)
 
 
 @dataclass
@@ -106,11 +106,18 @@ class StageLog:
 
 def run_pipeline(recipe: Recipe, out: str | Path, *, sources: dict[str, list[str]] | None = None,
                  stages: Stages | None = None, echo: Callable[[str], None] = print) -> dict:
-    """Run (or continue) every stage into `out`; returns the summary (also out/summary.json)."""
+    """Run (or continue) every stage into `out`; returns the summary (also out/summary.json). `out` is locked
+    meanwhile and must be a folder `llmft run` created (or a new or empty one)."""
+    from llmft.folders import own_folder
+
     stages = stages or default_stages()
     layout = Layout(Path(out))
     recipe = resolve_recipe(recipe, layout.out, sources)
-    layout.out.mkdir(parents=True, exist_ok=True)
+    with own_folder(layout.out, "run"):
+        return _run_stages(recipe, layout, sources, stages, echo)
+
+
+def _run_stages(recipe: Recipe, layout: Layout, sources, stages: Stages, echo) -> dict:
     save_or_check_recipe(recipe, layout)
     log = StageLog(layout.stages, echo)
 
@@ -144,11 +151,16 @@ def run_pipeline(recipe: Recipe, out: str | Path, *, sources: dict[str, list[str
         log.skip("eval", f"{layout.train}/eval.json is complete")
     else:
         log.run("eval", f"scoring base and tuned on the {recipe.eval.split} split",
-                lambda: stages.evaluate(layout.train, recipe.eval))
+                lambda: stages.evaluate(layout.train, recipe.eval, **_trust(recipe)))
 
     summary = write_report(recipe, layout, log.entries, demo=demo)
     echo(closing_summary(summary))
     return summary
+
+
+def _trust(recipe: Recipe) -> dict:
+    """The recipe the user gave this command asks for remote code: eval loads the trained model the same way."""
+    return {"trust_remote_code": True} if recipe.train.trust_remote_code else {}
 
 
 def _write_demo(stages: Stages, recipe: Recipe, layout: Layout) -> dict:

@@ -185,11 +185,17 @@ def lora_config(cfg):
 
 
 def attach_adapter(model, cfg):
-    """LoRA / DoRA / rsLoRA through PEFT (only adapter weights trainable), or every weight trainable for full FT."""
+    """LoRA / DoRA / rsLoRA through PEFT (only adapter weights trainable), bottleneck adapters (training/
+    bottleneck.py), or every weight trainable for full FT."""
     if cfg.method == "full":
         if cfg.qlora:
             raise LlmftError("qlora trains an adapter on a 4-bit base; it cannot be combined with method=full")
         model.requires_grad_(True)
+        return model
+    if cfg.method == "adapter":
+        from llmft.training.bottleneck import attach_bottleneck, spec_from_config
+
+        attach_bottleneck(model, spec_from_config(cfg, model.config.get_text_config().hidden_size))
         return model
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -271,27 +277,62 @@ def load_template(run_dir: str | Path) -> dict:
     return io.load_json(path)
 
 
-def load_run_model(run_dir: str | Path, adapter: bool = True, *, dtype=None):
-    """(model, tokenizer) of a finished run: base + PEFT adapter, or the fully fine-tuned model; adapter=False
-    gives the base model the run started from. The template info rides along as `model.llmft_template`."""
+def load_run_model(run_dir: str | Path, adapter: bool = True, *, dtype=None, trust_remote_code: bool = False):
+    """(model, tokenizer) of a finished run: base + PEFT adapter, base + bottleneck adapters (bottleneck.py), or the
+    fully fine-tuned model; adapter=False gives the base model the run started from. The template info rides along
+    as `model.llmft_template`.
+
+    `trust_remote_code` comes from the user's command line only, never from the run folder: a folder someone hands
+    you must not run its code because its template.json says so."""
+    from llmft.training.bottleneck import is_bottleneck_folder, load_bottleneck
+
     run_dir = Path(run_dir)
     info = load_template(run_dir)
     dtype = dtype or (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    trust = bool(info.get("trust_remote_code", False))
+    trust = trust_remote_code
     tokenizer_dir = run_dir / "tokenizer"
-    tokenizer = load_tokenizer(str(tokenizer_dir) if tokenizer_dir.exists() else info["model"],
-                               trust_remote_code=trust)
-    if adapter and (run_dir / "model").is_dir():
-        model = load_model(str(run_dir / "model"), dtype=dtype, trust_remote_code=trust)
-    elif adapter:
-        if not (run_dir / "adapter" / "adapter_config.json").exists():
-            raise LlmftError(f"{run_dir}: no adapter/ or model/ folder (the run did not finish)")
-        from peft import PeftModel
+    with _remote_code_hint(run_dir, info, trust):
+        tokenizer = load_tokenizer(str(tokenizer_dir) if tokenizer_dir.exists() else info["model"],
+                                   trust_remote_code=trust)
+        if adapter and (run_dir / "model").is_dir():
+            model = load_model(str(run_dir / "model"), dtype=dtype, trust_remote_code=trust)
+        elif adapter and is_bottleneck_folder(run_dir / "adapter"):
+            model = load_bottleneck(load_model(info["model"], dtype=dtype, trust_remote_code=trust),
+                                    run_dir / "adapter")
+        elif adapter:
+            adapter_dir = check_adapter_folder(run_dir)
+            from peft import PeftModel
 
-        base = load_model(info["model"], dtype=dtype, trust_remote_code=trust)
-        model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
-    else:
-        model = load_model(info["model"], dtype=dtype, trust_remote_code=trust)
+            base = load_model(info["model"], dtype=dtype, trust_remote_code=trust)
+            model = PeftModel.from_pretrained(base, str(adapter_dir))
+        else:
+            model = load_model(info["model"], dtype=dtype, trust_remote_code=trust)
     model.eval()
     model.llmft_template = info
     return model, tokenizer
+
+
+def check_adapter_folder(run_dir: Path) -> Path:
+    """adapter/ with its config and safetensors weights; a pickled adapter_model.bin is refused, never loaded."""
+    folder = run_dir / "adapter"
+    if not (folder / "adapter_config.json").exists():
+        raise LlmftError(f"{run_dir}: no adapter/ or model/ folder (the run did not finish)")
+    if not (folder / "adapter_model.safetensors").is_file():
+        found = " (it holds a pickled adapter_model.bin, which llmft does not load)" if (
+            folder / "adapter_model.bin").exists() else ""
+        raise LlmftError(f"{folder}: no adapter_model.safetensors{found}; llmft loads adapter weights from "
+                         f"safetensors only")
+    return folder
+
+
+@contextlib.contextmanager
+def _remote_code_hint(run_dir: Path, info: dict, trust: bool):
+    """A model that needs its own code, loaded without --trust-remote-code: one line saying what to do."""
+    try:
+        yield
+    except ValueError as e:
+        if trust or "trust_remote_code" not in str(e):
+            raise
+        raise LlmftError(f"{run_dir}: the model needs to run its own Python code (trust_remote_code); llmft runs "
+                         f"it only when you pass --trust-remote-code on this command, after checking that code"
+                         ) from None
