@@ -193,3 +193,10 @@ def test_mixture_flags_and_config_validation(tmp_path):
     assert main(["data", "prepare", "--out", str(out), "--alpaca", str(small), "--cap", "alpaca=3", "--dev-ratio", "0",
                  "--test-ratio", "0", "--workers", "1"]) == 0
     assert len(rows(out / "train.jsonl")) == 3
+
+
+def test_stats_measure_a_conversation_by_its_turns():
+    from llmft.data.stats import measures
+
+    record = chat_record("Hi there", "Hello", "Bye now", "Bye", system="Be kind.")
+    assert measures(record.to_dict()) == (len("Be kind.\nHi there\nBye now"), len("Hello\nBye"), 6, 2)

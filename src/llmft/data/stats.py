@@ -1,6 +1,7 @@
 """`llmft data stats DIR`: record counts and length percentiles per split and per source of a prepared folder.
 
-Lengths: prompt = instruction + input, output = the output; in characters and in whitespace tokens.
+Lengths: prompt = instruction + input, output = the output (a conversation: prompt = its system and user turns,
+output = its assistant turns); in characters and in whitespace tokens.
 Percentiles use the nearest-rank definition (always an observed value). Only lengths are held in memory.
 """
 from __future__ import annotations
@@ -30,8 +31,13 @@ def summarize(values) -> dict:
 
 
 def measures(record: dict) -> tuple[int, int, int, int]:
-    prompt = record["instruction"] + ("\n" + record["input"] if record["input"] else "")
-    return len(prompt), len(record["output"]), len(prompt.split()), len(record["output"].split())
+    if record.get("messages"):
+        prompt = "\n".join(m["content"] for m in record["messages"] if m["role"] != "assistant")
+        output = "\n".join(m["content"] for m in record["messages"] if m["role"] == "assistant")
+    else:
+        prompt = record["instruction"] + ("\n" + record["input"] if record["input"] else "")
+        output = record["output"]
+    return len(prompt), len(output), len(prompt.split()), len(output.split())
 
 
 def collect(data_dir: str | Path) -> dict:
