@@ -3,6 +3,7 @@ second writer is refused, a replacement is atomic across kills, stale temporarie
 their parent. Kill tests run a child Python process and SIGKILL it at a chosen point."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -153,6 +154,28 @@ def test_a_second_writer_is_refused_naming_the_folder_and_the_other_pid(tmp_path
         pass
 
 
+def test_eval_and_merge_refuse_while_another_process_writes(tmp_path, smol_tokenizer, capsys):
+    from run_factory import make_run
+
+    run = make_run(tmp_path / "r", smol_tokenizer)
+    merged = tmp_path / "merged"
+    holder = _child(f"""
+        import time
+        from llmft.folders import locked
+        with locked({str(run)!r}), locked({str(merged)!r}):
+            print("READY", flush=True)
+            time.sleep(60)
+    """)
+    try:
+        assert main(["eval", str(run), "--limit", "1", "--no-base"]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert main(["merge", str(run), "--out", str(merged)]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        _kill(holder)
+    assert not (run / "eval.json").exists() and not merged.exists()
+
+
 def test_the_same_process_may_nest_a_lock(tmp_path):
     with locked(tmp_path / "x"), locked(tmp_path / "x"):
         pass
@@ -272,3 +295,37 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+# ---------------------------------------------------------------- real commands, real kills
+
+def _complete(data: Path) -> bool:
+    """Every output the manifest lists is there with its recorded hash."""
+    import hashlib
+
+    manifest = json.loads((data / "manifest.json").read_text())
+    return all(hashlib.sha256((data / name).read_bytes()).hexdigest() == entry["sha256"]
+               for name, entry in manifest["outputs"].items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.5, 1.5, 2.5, 3.0, 3.5, 4.0])
+def test_prepare_killed_while_replacing_leaves_a_complete_folder(tmp_path, raw_dir, delay):
+    """`data prepare` replacing an earlier folder (another seed), SIGKILLed at a point in its run: what stays under
+    --out is the old folder or the new one, complete; the next run cleans every temporary."""
+    out = tmp_path / "data"
+    argv = [sys.executable, "-m", "llmft", "data", "prepare", "--alpaca", str(raw_dir / "alpaca" / "alpaca_data.json"),
+            "--out", str(out), "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": SRC, "LLMFT_NO_PROGRESS": "1"}
+    subprocess.run(argv + ["--seed", "1"], env=env, check=True, capture_output=True)
+    old = _files(out)
+    proc = subprocess.Popen(argv + ["--seed", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with locked(out):
+        folders.recover(out)
+    assert _complete(out)
+    assert _files(out) == old or json.loads((out / "manifest.json").read_text())["seed"] == 2
+    subprocess.run(argv + ["--seed", "2"], env=env, check=True, capture_output=True)
+    assert _complete(out) and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
