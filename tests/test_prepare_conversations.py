@@ -200,3 +200,13 @@ def test_stats_measure_a_conversation_by_its_turns():
 
     record = chat_record("Hi there", "Hello", "Bye now", "Bye", system="Be kind.")
     assert measures(record.to_dict()) == (len("Be kind.\nHi there\nBye now"), len("Hello\nBye"), 6, 2)
+
+
+def test_single_turn_records_are_written_without_messages(tmp_path):
+    small = tmp_path / "a.json"
+    small.write_text(json.dumps([{"instruction": "Do it.", "input": "", "output": "done"}]))
+    chats = write_jsonl(tmp_path / "c.jsonl", [conversation("Hi", "Hello")])
+    prepare(DataConfig(alpaca=[str(small)], chat=[str(chats)], dev_ratio=0, test_ratio=0, workers=1), tmp_path / "o")
+    alpaca, chat = rows(tmp_path / "o" / "train.jsonl")
+    assert "messages" not in alpaca and chat["messages"][1] == {"role": "assistant", "content": "Hello"}
+    assert list(chat)[-1] == "messages"

@@ -98,8 +98,12 @@ def shard(work: Path, index: int, kind: str) -> Path:
 
 
 def record_dict(record: Record) -> dict:
-    """The record's fields in FIELDS order, without the deep copy of dataclasses.asdict (only dumped)."""
-    return {name: getattr(record, name) for name in FIELDS}
+    """The record's fields in FIELDS order, without the deep copy of dataclasses.asdict (only dumped); `messages`
+    only for a conversation, as Record.to_dict writes it (single-turn files stay as they were)."""
+    d = {name: getattr(record, name) for name in FIELDS}
+    if not record.messages:
+        del d["messages"]
+    return d
 
 
 def reject_row(stage: str, reject: Reject) -> dict:
