@@ -255,7 +255,7 @@ def render_report(recipe: Recipe, summary: dict, manifest: dict, train_summary: 
         f"- recipe: `{recipe.name}` (resolved: `recipe.yaml`); data: "
         f"{'synthetic demo datasets' if summary['demo_data'] else 'the given datasets'}, "
         f"`{recipe.data.split}` split",
-        f"- model: `{t.model}`, {t.method}" + (f" r={t.lora_r} alpha={t.lora_alpha}" if t.method == "lora" else "")
+        f"- model: `{t.model}`, {t.method}" + _method_details(t)
         + f", template `{t.template}`, lr {t.lr}, {tr['steps']} steps ({tr['epochs']} epochs)",
         f"- evaluation: `{recipe.eval.split}` split, greedy, at most {recipe.eval.max_new_tokens} new tokens",
         "", "### Data (from `data/manifest.json`)", "", data_table(manifest), "",
@@ -273,6 +273,15 @@ def render_report(recipe: Recipe, summary: dict, manifest: dict, train_summary: 
         "## Stage times", "", stage_table(summary["stages"]), "",
     ]
     return "\n".join(lines)
+
+
+def _method_details(t) -> str:
+    if t.method == "lora":
+        return f" r={t.lora_r} alpha={t.lora_alpha}"
+    if t.method == "adapter":
+        width = f"width hidden/{t.adapter_reduction:g}" if t.adapter_reduction > 0 else f"size {t.adapter_size}"
+        return f" ({t.adapter_placement} bottleneck adapters, {width}, {t.adapter_activation})"
+    return ""
 
 
 def _rejects(manifest: dict) -> str:

@@ -11,10 +11,11 @@ from llmft.training.losses import chunked_loss_matches
 from llmft.training.model import attach_adapter, load_model
 
 def build_model(cfg: TrainConfig, device: torch.device, bf16: bool, sharded: bool = False):
-    """Base weights in bf16 for LoRA when bf16 compute is on (autocast would cast them every step anyway, and the
-    adapter stays fp32); fp32 master weights for full fine-tuning. Under FSDP (`sharded`) everything stays fp32:
-    FSDP shards and gathers a unit's parameters as one dtype, and autocast still computes in bf16."""
-    base_dtype = torch.bfloat16 if bf16 and cfg.method == "lora" and not sharded else torch.float32
+    """Base weights in bf16 for LoRA and bottleneck adapters when bf16 compute is on (autocast would cast them every
+    step anyway, and the adapter stays fp32); fp32 master weights for full fine-tuning. Under FSDP (`sharded`)
+    everything stays fp32: FSDP shards and gathers a unit's parameters as one dtype, and autocast still computes
+    in bf16."""
+    base_dtype = torch.bfloat16 if bf16 and cfg.method != "full" and not sharded else torch.float32
     torch.manual_seed(cfg.seed)     # identical adapter init on every rank
     model = load_model(cfg.model, dtype=base_dtype, trust_remote_code=cfg.trust_remote_code,
                        load_in_4bit=cfg.qlora)
