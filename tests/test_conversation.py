@@ -265,3 +265,33 @@ def test_conversations_train_and_inspect_on_the_embedded_model(tmp_path, capsys)
     [prediction] = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     held = json.loads((tmp_path / "run" / "heldout.json").read_text())["rows"]
     assert prediction["references"] == [assistant_contents(rows[held[0]]["messages"])[-1]]
+
+
+MISTRAL_LIKE = (  # Mistral v0.3's shape: the system prompt goes into the LAST user turn, so prefixes are not prefixes
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+    "{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\\n\\n' + message['content']"
+    " + '[/INST]' }}{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}{%- endif %}{%- endfor %}")
+
+
+def test_template_that_moves_the_system_prompt(smol_tokenizer):
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = MISTRAL_LIKE
+    messages = [SYSTEM] + THREE_TURNS
+    rendered = render_conversation(messages, tokenizer)
+    assert [rendered.text[s:e] for s, e in rendered.turns] == [c + "<|im_end|>" for c in assistant_contents(messages)]
+    example, _ = encode_conversation({"messages": messages}, tokenizer, 512)
+    # "[/INST] Yes" tokenizes as ..., "]", " Yes": the template's space rides with a word's token (digits are
+    # split from it, so the third answer starts clean)
+    assert trained_runs(example, tokenizer) == [" Yes<|im_end|>", " Green, mostly.<|im_end|>",
+                                                "1, 2, 3.\nDone!<|im_end|>"]
+
+
+def test_a_template_that_refuses_a_conversation_is_named(smol_tokenizer):
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                               "supported') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(LlmftError, match="record 'x': the chat template .* refuses this conversation: System role"):
+        render_conversation([SYSTEM] + TWO_TURNS, tokenizer, record_id="x")

@@ -79,7 +79,10 @@ def render_conversation(messages: list[dict], tokenizer, *, record_id: str | Non
     problems = message_problems(messages)
     if problems:
         raise LlmftError(f"{where}: " + "; ".join(problems))
-    text = _apply(tokenizer, messages)
+    try:
+        text = _apply(tokenizer, messages)
+    except Exception as e:  # jinja's TemplateError and the template's own raise_exception(...)
+        raise LlmftError(f"{where}: the chat template of {name!r} refuses this conversation: {e}") from None
     turns, content_ends, cursor = [], [], 0
     for i, message in enumerate(messages):
         if message["role"] != shape.ASSISTANT:
@@ -130,10 +133,13 @@ def _locate_content(tokenizer, messages: list[dict], i: int, text: str, cursor: 
         for variant in _content_variants(messages[i]["content"]):
             if text.startswith(variant, len(prefix)):
                 return len(prefix), len(prefix) + len(variant)
-    # The template rewrites earlier turns: find every turn's content in order, so an answer that also occurs in
-    # the user turn before it is not taken from there.
+    # The template rewrites earlier turns (e.g. Mistral's moves the system prompt into the last user turn): find the
+    # user and assistant contents in order, so an answer that also occurs in the user turn before it is not taken
+    # from there.
     position = 0
     for j, message in enumerate(messages[: i + 1]):
+        if message["role"] == shape.SYSTEM:
+            continue
         for variant in _content_variants(message["content"]):
             found = text.find(variant, position)
             if found >= 0:
