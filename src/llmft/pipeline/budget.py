@@ -12,8 +12,8 @@ The budget covers preparation, training and evaluation. After `prepare`, `fit_re
    `<out>/eval_subset.jsonl` and said in budget.json, the log and the per-task `n` of the report);
 4. gives training what is left after what was spent, the evaluation estimate, the training setup and a reserve.
 
-`train.epochs` caps the fitted steps (a fast machine does not loop over the data endlessly). The fit is saved in
-`<out>/budget.json`, so a rerun that resumes an interrupted training reuses it instead of measuring again.
+`train.max_steps` when set, else `train.epochs`, caps the fitted steps (a fast machine does not loop over the data
+endlessly). The fit is saved in `<out>/budget.json`, so a rerun that resumes an interrupted training reuses it instead of measuring again.
 """
 from __future__ import annotations
 
@@ -109,10 +109,11 @@ def estimate_generation_s(prompt_lengths: list[int], batch_size: int, max_new_to
 
 def estimate_eval_s(prompt_lengths: list[int], response_lengths: list[int], cfg: EvalConfig, *,
                     prefill_tokens_per_s: float, decode_step_s: float, load_s: float = 0.0) -> float:
-    """Generation plus the loss pass over prompt + response tokens, for tuned (and base when `cfg.base`)."""
+    """Generation plus (when `cfg.loss`) the loss pass over prompt + response tokens, for tuned (and base when
+    `cfg.base`)."""
     generation = estimate_generation_s(prompt_lengths, cfg.batch_size, cfg.max_new_tokens,
                                        prefill_tokens_per_s=prefill_tokens_per_s, decode_step_s=decode_step_s)
-    loss = (sum(prompt_lengths) + sum(response_lengths)) / prefill_tokens_per_s
+    loss = (sum(prompt_lengths) + sum(response_lengths)) / prefill_tokens_per_s if cfg.loss else 0.0
     return load_s + (2 if cfg.base else 1) * (generation + loss)
 
 
@@ -190,7 +191,7 @@ def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int) ->
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     model = load_model(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    if cfg.method == "lora":
+    if cfg.method != "full":
         model = attach_adapter(model, cfg)
     model.eval()
     load_s = time.perf_counter() - started
@@ -279,6 +280,12 @@ def choose_eval_size(tasks: list[str], estimate, allowed_s: float) -> tuple[int,
     raise AssertionError("unreachable")
 
 
+def step_cap(train: TrainConfig, steps_per_epoch: int) -> int:
+    """The most steps a budget may fit: the recipe's `train.max_steps` when it sets one (a fast machine trains no
+    longer than the recipe was tuned for), else `train.epochs` over the data."""
+    return train.max_steps if train.max_steps > 0 else max(1, math.ceil(train.epochs * steps_per_epoch))
+
+
 def spent_seconds(stage_entries: dict) -> float:
     """Wall time of the stages already run (skipped ones keep the seconds of the run that made their output)."""
     return sum(entry.get("seconds") or 0.0 for entry in stage_entries.values())
@@ -304,7 +311,7 @@ def measure_and_fit(recipe, data_dir: Path, spent_s: float) -> dict:
 
     left = budget_s - spent_s - probes_s - overhead_s - reserve_seconds(budget_s)
     per_task, indices, eval_s = choose_eval_size(inputs["tasks"], estimate, EVAL_SHARE * left)
-    cap = max(1, math.ceil(recipe.train.epochs * training.steps_per_epoch))
+    cap = step_cap(recipe.train, training.steps_per_epoch)
     fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=training.step_s, eval_s=eval_s,
                     train_overhead_s=overhead_s, max_steps=cap)
     given = max(Counter(inputs["tasks"]).values())
@@ -355,7 +362,7 @@ def describe(result: dict) -> str:
            if result["eval_per_task"] < result["eval_per_task_prepared"] else "")
     return (f"[budget] {result['budget_minutes']:g} min: {fit['steps']} steps x {fit['step_s']:.1f} s "
             f"({training['tokens_per_s']:.0f} tokens/s) = {fit['train_s'] / 60:.1f} min of training"
-            f"{' (capped by train.epochs)' if fit['capped_by_epochs'] else ''}; spent {fit['spent_s']:.0f} s; "
+            f"{' (capped by the recipe)' if fit['capped_by_epochs'] else ''}; spent {fit['spent_s']:.0f} s; "
             f"evaluation: the first {result['eval_per_task']} of each of {result['eval_tasks']} tasks{cut} = "
             f"{result['eval_records']} records, estimated {fit['eval_s']:.0f} s "
             f"(prefill {generation['prefill_tokens_per_s']:.0f} tokens/s, decode {generation['decode_step_s']:.2f} "
