@@ -21,7 +21,8 @@ def _register_eval(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--config", help="YAML file with EvalConfig keys (command-line options win)")
     p.add_argument("--split", help="split of the prepared data folder (default: test)")
-    p.add_argument("--data", help="prepared data folder or JSONL file (default: the data the run was trained on)")
+    p.add_argument("--data", help="prepared data folder or JSONL file of the rows train takes (default: the run's "
+                   "data folder's split, or the rows held out of the run's training file)")
     p.add_argument("--max-new-tokens", type=int, help="tokens generated per record (default: 64)")
     p.add_argument("--limit", type=int, help="score only the first N records (default: all)")
     p.add_argument("--batch-size", type=int, help="prompts generated at once (default: 16)")
