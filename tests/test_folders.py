@@ -176,6 +176,64 @@ def test_eval_and_merge_refuse_while_another_process_writes(tmp_path, smol_token
     assert not (run / "eval.json").exists() and not merged.exists()
 
 
+def test_one_lock_whatever_the_spelling(tmp_path, monkeypatch):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    holder = _child(f"""
+        import time
+        from llmft.folders import locked
+        with locked({str(tmp_path / "real" / "run")!r}):
+            print("READY", flush=True)
+            time.sleep(60)
+    """)
+    try:
+        for spelling in ("real/run", "./real/run", "link/run", str(tmp_path / "link" / "run")):
+            with pytest.raises(FolderBusy):
+                with own_folder(spelling, "train"):
+                    pass
+    finally:
+        _kill(holder)
+
+
+def test_a_subfolder_another_command_owns_is_left_to_it(tmp_path):
+    """`llmft run` cleans its folder at start but not data/ or train/, which their own commands write."""
+    run = tmp_path / "run"
+    with own_folder(run, "run"):
+        pass
+    with own_folder(run / "train", "train"):
+        pass
+    inner = run / "train" / f".adapter{folders.TMP_TAG}live"
+    inner.mkdir()
+    beside = run / f".data{folders.TMP_TAG}live"
+    beside.mkdir()
+    folders.write_marker(beside, "data prepare")
+    holder = _child(f"""
+        import time
+        from llmft.folders import locked
+        with locked({str(run / "data")!r}):
+            print("READY", flush=True)
+            time.sleep(60)
+    """)
+    try:
+        with own_folder(run, "run"):
+            pass
+        assert inner.exists() and beside.exists()
+    finally:
+        _kill(holder)
+    with own_folder(run, "run"):      # nobody writes data/ now: its temporary is stale
+        pass
+    assert not beside.exists() and inner.exists()
+
+
+def test_a_symlinked_run_folder_is_written_through_the_link(tmp_path):
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "run").symlink_to(tmp_path / "scratch")
+    with own_folder(tmp_path / "run", "train"):
+        (tmp_path / "run" / "config.yaml").write_text("x")
+    assert (tmp_path / "scratch" / "config.yaml").exists() and folders.created_by(tmp_path / "scratch") == "train"
+
+
 def test_the_same_process_may_nest_a_lock(tmp_path):
     with locked(tmp_path / "x"), locked(tmp_path / "x"):
         pass

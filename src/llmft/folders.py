@@ -90,7 +90,7 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
 
     A second process is refused at once; the same process may nest. The lock file is removed on release; the
     inode check after locking guards against locking a file another process has just removed."""
-    path = Path(os.path.abspath(path))
+    path = Path(os.path.realpath(path))        # one lock whatever the spelling (relative, absolute, via links)
     lock = lock_file(path)
     key = str(lock)
     if key in _held:
@@ -164,14 +164,24 @@ def _inside_owned(temp: Path) -> bool:
 
 
 def clean_tree(folder: Path) -> None:
-    """Recover every temporary inside `folder` (an llmft folder whose lock we hold): checkpoints, adapter, files."""
+    """Recover every temporary inside `folder` (an llmft folder whose lock we hold): checkpoints, adapter, files.
+    A subfolder with its own marker belongs to another command (run/ holds data/ and train/) and is left to it, and
+    so is a temporary whose target another process is writing now."""
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
-            for tag in TEMP_TAGS:
-                if name.startswith(".") and tag in name:
-                    recover(Path(root) / name[1:name.index(tag)])
-                    break
-        dirs[:] = [d for d in dirs if not any(tag in d for tag in TEMP_TAGS) and (Path(root) / d).exists()]
+            tag = next((t for t in TEMP_TAGS if t in name), None)
+            if name.startswith(".") and tag:
+                _recover_unless_busy(Path(root) / name[1:name.index(tag)])
+        dirs[:] = [d for d in dirs if not any(tag in d for tag in TEMP_TAGS) and (Path(root) / d).is_dir()
+                   and not (Path(root) / d / MARKER).exists()]
+
+
+def _recover_unless_busy(target: Path) -> None:
+    try:
+        with locked(target):
+            recover(target)
+    except FolderBusy:
+        pass
 
 
 # ---------------------------------------------------------------- replacing a folder atomically
@@ -198,7 +208,10 @@ def swap_in(tmp: Path, path: Path) -> None:
     if not path.exists() and not path.is_symlink():
         os.rename(tmp, path)
         return
-    if not path.is_dir() or path.is_symlink():
+    if path.is_symlink():
+        raise LlmftError(f"{path}: is a symbolic link; llmft replaces this folder as a whole and will not replace "
+                         f"a link: give the folder it points to, or another output path")
+    if not path.is_dir():
         raise LlmftError(f"{path}: exists and is not a folder; choose another output path")
     aside = Path(tempfile.mktemp(prefix=_temp_name(path, OLD_TAG), dir=path.parent))
     os.rename(path, aside)
@@ -222,7 +235,7 @@ def _umask() -> int:
 # ---------------------------------------------------------------- the commands' entry points
 
 def _refuse_foreign(folder: Path, command: str, accept: tuple[str, ...]) -> None:
-    if not folder.is_dir() or folder.is_symlink():
+    if not folder.is_dir():
         raise LlmftError(f"{folder}: exists and is not a folder; choose another output path")
     if is_empty(folder):
         return
