@@ -240,6 +240,29 @@ def test_train_on_conversations_with_packing_on_a_tiny_model(tmp_path, smol_toke
     assert len(held["rows"]) == 1 and held["file"] == str(data.resolve())
 
 
+def test_resume_on_conversations_equals_one_uninterrupted_run(tmp_path, smol_tokenizer, monkeypatch):
+    from llmft.config import TrainConfig
+    from llmft.training.trainer import train
+    from tiny_models import save_tiny_model
+
+    monkeypatch.setenv("LLMFT_CACHE", str(tmp_path / "cache"))
+    base = save_tiny_model(tmp_path / "base", smol_tokenizer, "llama")
+    data = write_conversations(tmp_path / "conv.jsonl", 20)
+
+    def cfg(out, **kw):
+        return TrainConfig(data=str(data), out=str(tmp_path / out), model=str(base), template="chat", max_steps=4,
+                           batch_tokens=256, max_length=128, lora_r=4, lora_alpha=8, eval_every=2, save_every=2,
+                           bf16="false", lr=1e-3, **kw)
+
+    train(cfg("whole"))
+    assert train(cfg("parted"), stop_after=2) is None
+    summary = train(cfg("parted", resume=True))
+    assert summary["resumed_from_step"] == 2 and summary["steps"] == 4
+    rows = [[{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+             for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()] for name in ("whole", "parted")]
+    assert rows[0] == rows[1] and any("dev_loss" in r for r in rows[0])
+
+
 @pytest.mark.slow
 def test_conversations_train_and_inspect_on_the_embedded_model(tmp_path, capsys):
     """A few LoRA steps on conversations with SmolLM2-135M-Instruct, then `inspect --json` with its own chat
