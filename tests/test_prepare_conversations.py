@@ -210,3 +210,9 @@ def test_single_turn_records_are_written_without_messages(tmp_path):
     alpaca, chat = rows(tmp_path / "o" / "train.jsonl")
     assert "messages" not in alpaca and chat["messages"][1] == {"role": "assistant", "content": "Hello"}
     assert list(chat)[-1] == "messages"
+
+
+def test_columns_must_pair_with_tables():
+    with pytest.raises(LlmftError, match="give one for every table, or one for all"):
+        load_config(DataConfig, None, {"table": ["a.parquet"], "table_columns": ["instruction=a,output=b",
+                                                                                  "prompt=c,completion=d"]})

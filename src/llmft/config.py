@@ -81,12 +81,15 @@ class DataConfig:
         for name in ("max_line_bytes", "max_member_bytes", "max_compression_ratio"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        return problems + self._mixture_problems()
+        return problems + self._source_problems()
 
-    def _mixture_problems(self) -> list[str]:
+    def _source_problems(self) -> list[str]:
         from llmft.data.records import SOURCES
 
         problems = []
+        if len(self.table_columns) > 1 and len(self.table_columns) != len(self.table):
+            problems.append(f"table_columns: give one for every table, or one for all ({len(self.table)} tables, "
+                            f"{len(self.table_columns)} table_columns)")
         for key, limits in (("source_caps", self.source_caps), ("source_weights", self.source_weights)):
             for source, value in limits.items():
                 if source.replace("_", "-") not in SOURCES:
