@@ -278,3 +278,21 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, data_
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
     assert json.loads((two / "manifest.json").read_text())["engine"] == "DistributedDataParallel"
+
+
+def test_gradient_checkpointing_gives_the_same_adapter_gradients(tmp_path, llama_base):
+    """The recomputed forward runs the sublayer hooks again, so the adapters' gradients are unchanged."""
+    from llmft.training.optim import build_model
+
+    grads = []
+    for checkpointing in (False, True):
+        model = build_model(adapter_cfg("unused", tmp_path / "run", llama_base, grad_checkpointing=checkpointing),
+                            torch.device("cpu"), bf16=False)
+        assert model.is_activation_checkpointing == checkpointing
+        randomize_up(model)
+        model.train()
+        model(input_ids=ids(), labels=ids(), use_cache=False).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
