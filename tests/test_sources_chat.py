@@ -181,3 +181,10 @@ def test_folder_of_files_and_missing_paths(tmp_path):
     (tmp_path / "d" / "notes.txt").write_text("ignored: not a data file")
     assert [r.id for r in convert("chat", tmp_path / "d")] == ["chat/a/0", "chat/b/0"]
     assert main(["data", "convert", "chat", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o.jsonl")]) == 2
+
+
+def test_turn_keys_of_either_convention_in_one_parquet_file(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+            {"conversations": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey"}]}]
+    path = write_rows(tmp_path / "mixed.parquet", rows, "parquet")     # one struct type: absent keys read as None
+    assert [r.messages[1]["content"] for r in convert("chat", path)] == ["Hello", "Hey"]

@@ -104,7 +104,8 @@ def _system_field(fields: TextFields, item: dict) -> tuple[list[dict], list]:
 def _turn(fields: TextFields, turn: Any, position: int, fmt: str) -> dict:
     if not isinstance(turn, dict):
         raise SkipTurn("turn is not an object", position)
-    role_key, content_key = next(((r, c) for r, c in TURN_KEYS[fmt] if r in turn), TURN_KEYS[fmt][0])
+    # a Parquet/Arrow struct holds every key any turn of the file had, None where a turn lacked it
+    role_key, content_key = next(((r, c) for r, c in TURN_KEYS[fmt] if turn.get(r) is not None), TURN_KEYS[fmt][0])
     name = turn.get(role_key)
     role = turns.canonical_role(name)
     if role is None:
@@ -113,8 +114,6 @@ def _turn(fields: TextFields, turn: Any, position: int, fmt: str) -> dict:
     content = _content_text(turn.get(content_key), position)
     try:
         return {"role": role, "content": fields.clean("content", content)}
-    except SkipTurn:
-        raise
     except SkipItem as skip:
         raise SkipTurn(skip.reason, position) from None
 
