@@ -145,3 +145,12 @@ def test_record_contract_of_a_table_row():
     assert (record.id, record.task, record.instruction, record.input, record.output, record.references,
             record.meta["original_id"], record.messages) == ("table/s/4", "science", "Why?", "", "1.5", ["1.5"],
                                                              "7", [])
+
+
+def test_optional_columns_may_be_absent_from_a_row_required_ones_not(tmp_path):
+    path = tmp_path / "sparse.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"q": "One?", "ctx": "c1", "a": "1"}, {"q": "Two?", "a": "2"}, {"ctx": "c3", "a": "3"}]))
+    one, two, three = convert("table", path, DataConfig(table_columns=["instruction=q,input=ctx,output=a"]))
+    assert (one.input, two.input, two.output) == ("c1", "", "2")
+    assert isinstance(three, Reject) and (three.where, three.reason) == ("line 3", "missing column 'q'")

@@ -22,6 +22,7 @@ from llmft.errors import InputFormatError, LlmftError
 SOURCE = "table"
 KEYS = ("instruction", "input", "output", "prompt", "completion", "task", "id")
 ALIASES = {"prompt": "instruction", "completion": "output"}
+OPTIONAL = ("input", "task", "id")      # a row without them has no input, the default task, no original id
 DEFAULT_MAPPINGS = ({"instruction": "instruction", "input": "input", "output": "output"},
                     {"prompt": "prompt", "completion": "completion"})
 
@@ -87,6 +88,8 @@ def to_records(item, *, mapping: dict[str, str], stem: str, index: int) -> list[
         try:
             raw = cell(item, column)
         except KeyError:
+            if key in OPTIONAL:
+                continue
             raise SkipItem(f"missing column '{column}'") from None
         values[ALIASES.get(key, key)] = _texts(fields, ALIASES.get(key, key), column, raw)
     instruction = " ".join(values["instruction"])
@@ -131,8 +134,8 @@ def _default_mapping(unit: str, row: dict) -> dict[str, str]:
 
 
 def _check_columns(unit: str, mapping: dict[str, str], row: dict) -> None:
-    """A mapped column absent from the first row is a mistake in --columns, not a bad row."""
-    for column in mapping.values():
+    """A required column absent from the first row is a mistake in --columns, not a bad row."""
+    for column in (column for key, column in mapping.items() if key not in OPTIONAL):
         try:
             cell(row, column)
         except KeyError:
