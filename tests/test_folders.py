@@ -304,6 +304,19 @@ def test_a_temporary_without_our_marker_beside_the_folder_is_left_alone(tmp_path
     assert (foreign / "theirs.txt").exists()
 
 
+def test_a_cache_entry_build_removes_what_killed_builders_left(tmp_path):
+    """The tokenization cache and converted models are llmft's own folders: their temporaries need no marker."""
+    entry = tmp_path / "cache" / "abc123"
+    entry.parent.mkdir()
+    stale = entry.parent / f".abc123{folders.TMP_TAG}killed"
+    stale.mkdir()
+    (stale / "examples.safetensors").write_bytes(b"x" * 100_000)
+    with folders.cache_entry(entry) as tmp:
+        (tmp / "report.json").write_text("{}")
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["abc123"]
+    assert sorted(p.name for p in entry.iterdir()) == ["report.json"]
+
+
 def test_own_folder_cleans_temporaries_inside_it(tmp_path):
     run = tmp_path / "run"
     with own_folder(run, "train"):

@@ -85,10 +85,11 @@ def is_empty(folder: Path) -> bool:
 # ---------------------------------------------------------------- the lock
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
+def locked(path: str | os.PathLike, *, wait: bool = False) -> Iterator[None]:
     """Hold the writer's lock of `path` (a folder or file): `.NAME.llmft-lock` beside it, holding our pid.
 
-    A second process is refused at once; the same process may nest. The lock file is removed on release; the
+    A second process is refused at once (wait=True: it waits, as builders of a cache entry do); the same process
+    may nest. The lock file is removed on release; the
     inode check after locking guards against locking a file another process has just removed."""
     path = Path(os.path.realpath(path))        # one lock whatever the spelling (relative, absolute, via links)
     lock = lock_file(path)
@@ -101,7 +102,7 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
             _held[key] -= 1
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(lock, path)
+    fd = _acquire(lock, path, wait)
     _held[key] = 1
     try:
         yield
@@ -112,11 +113,11 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-def _acquire(lock: Path, path: Path) -> int:
+def _acquire(lock: Path, path: Path, wait: bool) -> int:
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             other = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
@@ -135,7 +136,7 @@ def _acquire(lock: Path, path: Path) -> int:
 
 # ---------------------------------------------------------------- stale temporaries
 
-def recover(path: Path) -> None:
+def recover(path: Path, *, ours: bool = False) -> None:
     """After a killed writer of `path` (call with its lock held): bring an aside copy back when `path` is missing
     (the kill fell between the rename aside and the rename in), remove every other temporary of `path`."""
     asides = [p for p in _temporaries(path, OLD_TAG) if p.is_dir()]
@@ -143,15 +144,16 @@ def recover(path: Path) -> None:
         os.rename(asides.pop(), path)
     for tag in TEMP_TAGS:
         for temp in _temporaries(path, tag):
-            _remove_temporary(temp, tag)
+            _remove_temporary(temp, tag, ours)
 
 
-def _remove_temporary(temp: Path, tag: str) -> None:
-    """Only what our own naming and (for folders beside a user's files) our marker say llmft made."""
+def _remove_temporary(temp: Path, tag: str, ours: bool) -> None:
+    """Only what our own naming and (for folders beside a user's files, unless `ours`: llmft's own cache) our
+    marker say llmft made."""
     if temp.is_symlink() or not temp.exists():
         return
     if temp.is_dir():
-        if tag == TMP_TAG and read_marker(temp) is None and not is_empty(temp) and not _inside_owned(temp):
+        if tag == TMP_TAG and not ours and read_marker(temp) is None and not is_empty(temp) and not _inside_owned(temp):
             return
         shutil.rmtree(temp, ignore_errors=True)
     else:
@@ -202,6 +204,17 @@ def atomic_dir(path: str | os.PathLike, command: str | None = None) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def cache_entry(path: str | os.PathLike) -> Iterator[Path]:
+    """Build an entry of llmft's own cache (converted models, tokenized data): wait for another builder of the same
+    entry, remove what killed builders left, then build it atomically as atomic_dir does."""
+    path = Path(path)
+    with locked(path, wait=True):
+        recover(path, ours=True)
+        with atomic_dir(path) as tmp:
+            yield tmp
 
 
 def swap_in(tmp: Path, path: Path) -> None:

@@ -3,13 +3,12 @@ full fine-tuning), and load a trained run folder back for eval / generate / merg
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 from pathlib import Path
 
 import torch
 
-from llmft import io
+from llmft import folders, io
 from llmft.training.attention import preferred_attention
 from llmft.errors import LlmftError
 
@@ -56,9 +55,9 @@ def _converted_embedded_model(name: str) -> Path:
     source = {"gguf": gguf.name, "bytes": gguf.stat().st_size}
     if _is_converted(folder, source):
         return folder
-    with _file_lock(folder.parent / f".{folder.name}.lock"):
+    with folders.locked(folder, wait=True):
         if not _is_converted(folder, source):   # another process may have built it while we waited
-            with io.atomic_dir(folder) as tmp:
+            with folders.cache_entry(folder) as tmp:     # also removes what a killed conversion left
                 convert_gguf(gguf, tmp)
                 io.write_json(tmp / SOURCE_FILE, source)
     return folder
@@ -67,17 +66,6 @@ def _converted_embedded_model(name: str) -> Path:
 def _is_converted(folder: Path, source: dict) -> bool:
     marker = folder / SOURCE_FILE
     return marker.exists() and io.load_json(marker) == source and (folder / "config.json").exists()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def convert_gguf(gguf: Path, out: Path) -> None:

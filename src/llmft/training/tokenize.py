@@ -20,7 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from llmft.errors import LlmftError
-from llmft.io import atomic_dir, dumps_record, progress, write_json
+from llmft.folders import cache_entry
+from llmft.io import dumps_record, progress, write_json
 from llmft.data.conversation import is_conversation, render_conversation
 from llmft.data.prompts import render
 
@@ -323,7 +324,7 @@ def _save_cache(folder: Path, examples: list[Example], report: TokenizeReport) -
         "labels": np.concatenate([e.labels for e in examples]) if examples else np.zeros(0, np.int32),
         "truncated": np.array([e.truncated for e in examples], dtype=np.uint8),
     }
-    with atomic_dir(folder) as tmp:
+    with cache_entry(folder) as tmp:      # waits for another builder; removes what a killed one left
         save_file(arrays, str(tmp / "examples.safetensors"))
         write_json(tmp / "report.json", report.to_dict())
 
