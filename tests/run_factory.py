@@ -35,12 +35,14 @@ def make_base(folder: Path, tokenizer, seed: int = 0) -> Path:
     return save_tiny_model(folder, tokenizer, "llama", seed)
 
 
-def make_run(root: Path, tokenizer, *, template: str = "alpaca", records=RECORDS, seed: int = 0) -> Path:
-    """root/base (the base model), root/data (train/dev/test.jsonl) and root/run (the run folder)."""
+def make_run(root: Path, tokenizer, *, template: str = "alpaca", records=RECORDS, seed: int = 0,
+             base: Path | None = None) -> Path:
+    """root/base (the base model; `base`: an existing model folder instead), root/data (train/dev/test.jsonl) and
+    root/run (the run folder)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = make_base(root / "base", tokenizer, seed)
+    base = base or make_base(root / "base", tokenizer, seed)
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     for split in ("train", "dev", "test"):

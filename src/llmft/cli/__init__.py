@@ -17,7 +17,7 @@ from llmft import __version__
 from llmft.cli.boundary import guarded
 
 # Each module adds its subcommands with register(subparsers); each subparser sets func=callable(args).
-COMMAND_MODULES = ("llmft.cli.data", "llmft.cli.train", "llmft.cli.after", "llmft.cli.run")
+COMMAND_MODULES = ("llmft.cli.data", "llmft.cli.train", "llmft.cli.after", "llmft.cli.export", "llmft.cli.run")
 
 
 def build_parser() -> argparse.ArgumentParser:
