@@ -129,6 +129,14 @@ def test_convert_refuses_to_overwrite_an_existing_file_unless_told(tmp_path, raw
     assert out.read_text() != "my own records\n"
 
 
+def test_generate_refuses_to_overwrite_an_existing_file_before_loading_the_model(tmp_path, capsys):
+    out = tmp_path / "predictions.jsonl"
+    out.write_text("my predictions\n")
+    # the run folder does not exist: the refusal must come first, before anything is loaded
+    assert main(["generate", str(tmp_path / "no-run"), "--instruction", "hi", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "my predictions\n"
+
+
 # ---------------------------------------------------------------- one writer at a time
 
 def test_a_second_writer_is_refused_naming_the_folder_and_the_other_pid(tmp_path):

@@ -311,11 +311,17 @@ def new_file(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Pa
     path = Path(path)
     with locked(path):
         recover(path)
-        if path.is_dir():
-            raise LlmftError(f"{path}: is a folder; give a file name")
-        if path.exists() and path.stat().st_size and not overwrite:
-            raise LlmftError(f"{path}: already exists; pass --overwrite to replace it, or choose another name")
+        check_new_file(path, overwrite)
         yield path
+
+
+def check_new_file(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Before the work that produces an output file: refuse a folder or (unless `overwrite`) an existing file."""
+    path = Path(path)
+    if path.is_dir():
+        raise LlmftError(f"{path}: is a folder; give a file name")
+    if path.exists() and path.stat().st_size and not overwrite:
+        raise LlmftError(f"{path}: already exists; pass --overwrite to replace it, or choose another name")
 
 
 def check_not_inside(out: str | os.PathLike, inputs: list[str | os.PathLike], flag: str = "--out") -> None:

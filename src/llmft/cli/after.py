@@ -97,6 +97,7 @@ def _register_generate(sub) -> None:
     src.add_argument("--file", help="JSONL of records (instruction[, input] or prompt); writes JSONL predictions")
     p.add_argument("--input", default="", help="the input that goes with --instruction")
     p.add_argument("--out", help="write predictions here instead of stdout")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-adapter", action="store_true", help="generate with the base model the run started from")
     _add_sampling(p)
     _add_trust(p)
@@ -111,6 +112,10 @@ def _generate(args) -> int:
 
     if args.input and not args.instruction:
         raise LlmftError("--input goes with --instruction")
+    if args.out:
+        from llmft.folders import check_new_file
+
+        check_new_file(args.out, args.overwrite)     # before the model loads, not after generating
     options = _options(args)
     tune_cpu()
     model, tokenizer = load_run_model(_run_dir(args.run_dir), adapter=not args.no_adapter,
@@ -142,9 +147,10 @@ def _emit(lines: list[str], out: str | None) -> None:
         for line in lines:
             print(line)
         return
+    from llmft.folders import new_file
     from llmft.io import atomic_write
 
-    with atomic_write(out) as f:
+    with new_file(out, overwrite=True), atomic_write(out) as f:     # locked; refused earlier unless --overwrite
         f.writelines(line + "\n" for line in lines)
 
 
