@@ -412,3 +412,21 @@ def test_debug_flag_on_the_command_line(tmp_path, capsys, monkeypatch):
     path.write_text("[" * 100_000 + "\n")
     code, _, err = run_cli(capsys, "--debug", "data", "convert", "alpaca", path, "--out", tmp_path / "o.jsonl")
     assert code == 2 and "Traceback" in err and err.rstrip().endswith("JSON nested too deeply to read")
+
+
+def test_training_rows_with_invalid_utf8_or_deep_nesting_name_the_line(tmp_path, capsys):
+    from llmft import io as llmft_io
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\n{"prompt": "\xe9"}\n')
+    with pytest.raises(InputFormatError, match=r"rows.jsonl, line 2: not UTF-8 text \(byte 0xe9"):
+        list(llmft_io.read_jsonl(path))
+    path.write_text('{"prompt": "a", "completion": "b"}\n\n' + "[" * 100_000 + "\n")
+    with pytest.raises(InputFormatError, match="line 3: JSON nested too deeply"):
+        list(llmft_io.read_jsonl(path))
+
+
+def test_config_file_that_is_not_utf8(tmp_path, capsys):
+    (tmp_path / "data.yaml").write_bytes(b"seed: 1\nsplit: r\xe9ndom\n")
+    code, _, err = run_cli(capsys, "data", "prepare", "--out", tmp_path / "data", "--config", tmp_path / "data.yaml")
+    assert code == 2 and one_error_line(err).startswith(f"llmft: error: {tmp_path / 'data.yaml'}: not UTF-8 text")

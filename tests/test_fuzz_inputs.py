@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -172,7 +172,7 @@ class Written:
     files: list[Path]
     expected: int | None             # items the converter must count when it exits 0 (None: exit 2 is expected)
     valid: bool                      # no byte damage and no nesting beyond the parser: must exit 0
-    bad_byte_lines: list[int] = field(default_factory=list)   # line of an inserted invalid byte (the first)
+    first_bad_line: int | None = None    # line of the first byte that is not UTF-8
 
 
 def dumps(value, ascii_only: bool) -> bytes:
@@ -196,12 +196,19 @@ def damage(draw, data: bytes, written: Written) -> bytes:
     if kind == "bad byte" and data:
         at_byte = draw(st.integers(0, len(data)))
         written.valid = False
-        written.bad_byte_lines.append(data.count(b"\n", 0, at_byte) + 1)
         return data[:at_byte] + b"\xff" + data[at_byte:]
     if kind == "truncate" and data:
         written.valid = False
         return data[:draw(st.integers(0, len(data) - 1))]
     return data
+
+
+def first_bad_line(data: bytes) -> int | None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return data.count(b"\n", 0, e.start) + 1
+    return None
 
 
 def has_surrogate(value) -> bool:
@@ -223,6 +230,7 @@ def fuzzed_input(draw, source: str, folder: Path, cfg: DataConfig):
     else:
         data = b"".join(dumps(item, ascii_only) + b"\n" for item in items)
     data = damage(draw, data, written)
+    written.first_bad_line = first_bad_line(data)
     name = {"alpaca": "alpaca_data.json", "self-instruct": "all_instances.jsonl", "chat": "chat.jsonl",
             "table": "table.jsonl", "unnatural-instructions": "core_data.jsonl"}[source]
     path = folder / name
@@ -249,7 +257,9 @@ def _ni_input(draw, folder: Path):
     split_list = folder / "splits" / "default" / draw(st.sampled_from(["train_tasks.txt", "test_tasks.txt"]))
     split_list.write_bytes(b"task900_fuzz\n")
     path = folder / "tasks" / "task900_fuzz.json"
-    path.write_bytes(damage(draw, dumps(task, ascii_only), written))
+    data = damage(draw, dumps(task, ascii_only), written)
+    written.first_bad_line = first_bad_line(data)
+    path.write_bytes(data)
     written.files = [path, split_list]
     return written
 
@@ -316,8 +326,8 @@ def check_failure(code: int, err: str, written: Written, inputs: Path) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("llmft: error: "), err
     assert str(inputs) in lines[0], f"the error does not name the input: {lines[0]}"
-    if written.bad_byte_lines and "not UTF-8 text" in lines[0]:
-        assert f"line {written.bad_byte_lines[0]}:" in lines[0], (lines[0], written.bad_byte_lines)
+    if "not UTF-8 text" in lines[0]:
+        assert f"line {written.first_bad_line}:" in lines[0], (lines[0], written.first_bad_line)
 
 
 def fuzz_convert(source: str, data) -> None:

@@ -344,6 +344,8 @@ def load_config(cls, path: str | Path | None = None, overrides: dict | None = No
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise LlmftError(f"{path}: not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise LlmftError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if not isinstance(loaded, dict):
             raise LlmftError(f"{path}: expected a mapping of keys to values")
         data.update({k.replace("-", "_"): v for k, v in loaded.items()})

@@ -65,16 +65,22 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Stream a JSONL file; malformed JSON raises an error naming the file and line."""
+    """Stream a JSONL file; malformed JSON, invalid UTF-8 or nesting too deep raises an error naming the file and
+    line (each line is decoded on its own, so the line is exact)."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+            except UnicodeDecodeError as e:
+                raise InputFormatError(path, f"not UTF-8 text (byte 0x{raw[e.start]:02x}: {e.reason})",
+                                       line=lineno) from None
             except json.JSONDecodeError as e:
                 raise InputFormatError(path, f"malformed JSON ({e.msg} at column {e.colno})", line=lineno) from None
+            except RecursionError:
+                raise InputFormatError(path, "JSON nested too deeply to read", line=lineno) from None
             if not isinstance(obj, dict):
                 raise InputFormatError(path, f"expected a JSON object, got {type(obj).__name__}", line=lineno)
             yield obj
