@@ -97,3 +97,45 @@ def test_resume_still_refuses_another_data_folder(tmp_path, own_data, llama_base
     shutil.copytree(own_data, other)
     with pytest.raises(LlmftError, match="(?s)needs the same settings.*- data:"):
         train(make_cfg(other, run, llama_base, resume=True, **STOP))
+
+
+KILL_POINTS = {
+    "setup": lambda run: (run / folders.MARKER).exists(),
+    "steps": lambda run: (run / "checkpoints" / "step-4").exists(),
+    "checkpoint write": lambda run: any(folders.TMP_TAG in p.name for p in (run / "checkpoints").glob(".*")),
+    "final writes": lambda run: (run / "adapter").exists(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_train_killed_anywhere_resumes_to_a_complete_run_and_leaves_no_temporaries(tmp_path, own_data, llama_base,
+                                                                                     point):
+    """`llmft train` SIGKILLed when the run folder shows a point of its run (setup, steps, a checkpoint being
+    written, the final writes), then `--resume`: a complete run folder and none of llmft's temporaries or locks."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_folders import SRC
+
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "llmft", "train", "--data", str(own_data), "--out", str(run), "--model",
+            str(llama_base), "--max-steps", "12", "--save-every", "1", "--batch-tokens", "256", "--max-length", "64",
+            "--lora-r", "4", "--eval-every", "0", "--bf16", "false"]
+    env = {**os.environ, "PYTHONPATH": SRC, "LLMFT_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reached = KILL_POINTS[point]
+    while proc.poll() is None and not (run.exists() and reached(run)):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if not (run / "summary.json").exists():
+        resumed = subprocess.run(argv + (["--resume"] if (run / "config.yaml").exists() else []), env=env,
+                                 capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 12
+    leftovers = [str(p) for p in tmp_path.rglob("*")
+                 if any(tag in p.name for tag in folders.TEMP_TAGS + (folders.LOCK_TAG,))]
+    assert leftovers == []
