@@ -87,7 +87,8 @@ def test_lora_on_every_architecture_trains_saves_and_reloads(arch, tmp_path, dat
 
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run / "adapter").eval()
     model, tokenizer = load_run_model(run)
-    assert model.llmft_template == {"template": "alpaca", "k_positive": 0, "max_length": 64, "model": str(base),
+    assert model.llmft_template == {"template": "alpaca", "k_positive": 0, "max_length": 64,
+                                    "train_on": "all_assistant", "model": str(base),
                                     "method": "lora", "trust_remote_code": False}
     ids = tokenizer("Repeat apple.", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -253,7 +254,7 @@ def test_bad_rows_are_reported_by_line(tmp_path):
                                                 {"instruction": "x", "output": 3}, {"text": "y"}])
     with pytest.raises(InputFormatError) as e:
         read_training_data(TrainConfig(data=str(path), out="o"))
-    assert str(e.value) == (f"{path}: 3 row(s) are neither records nor prompt/completion:\n"
+    assert str(e.value) == (f"{path}: 3 row(s) are neither records, prompt/completion rows nor conversations:\n"
                             "  - line 2: 'completion' is missing or not a string\n"
                             "  - line 3: 'output' is missing or not a string\n"
                             "  - line 4: 'instruction' is missing or not a string")
