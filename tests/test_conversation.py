@@ -318,3 +318,19 @@ def test_a_template_that_refuses_a_conversation_is_named(smol_tokenizer):
                                "supported') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
     with pytest.raises(LlmftError, match="record 'x': the chat template .* refuses this conversation: System role"):
         render_conversation([SYSTEM] + TWO_TURNS, tokenizer, record_id="x")
+
+
+def test_spans_agree_with_the_templates_own_generation_mask(smol_tokenizer):
+    """A template that marks assistant text with {% generation %}: transformers' assistant mask (an independent
+    reading of the same rendering) equals the trained tokens."""
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% generation %}"
+        "{{ m['content'] }}<|im_end|>{% endgeneration %}\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    for messages in CONVERSATIONS.values():
+        hf = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                           return_assistant_tokens_mask=True)
+        example, _ = encode_conversation({"messages": messages}, tokenizer, 512)
+        assert example.input_ids.tolist() == list(hf["input_ids"])
+        assert (example.labels != IGNORE_INDEX).astype(int).tolist() == list(hf["assistant_masks"])
