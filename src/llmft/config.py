@@ -164,6 +164,9 @@ class TrainConfig:
     allow_data_change: bool = flag(False, group=RUN, help="with --resume: continue although the training data "
                                    "changed since the run started (manifest.json keeps the earlier hashes)")
     tensorboard: bool = flag(False, group=RUN, help="also log to RUN_DIR/tensorboard")
+    report_to: str = flag("", group=RUN, metavar="TRACKERS",
+                          help="experiment trackers, comma-separated: tensorboard, mlflow (a file store in "
+                          "RUN_DIR/mlruns unless MLFLOW_TRACKING_URI is set), wandb, trackio")
     trust_remote_code: bool = flag(False, group=MODEL)
 
     def _adapter_problems(self) -> list[str]:
@@ -214,11 +217,22 @@ class TrainConfig:
             problems.append(f"k_positive must be 0, 1 or 2, got {self.k_positive}")
         if self.train_on not in ("all_assistant", "last_assistant"):
             problems.append(f"train_on must be all_assistant or last_assistant, got {self.train_on!r}")
+        problems += _report_to_problems(self.report_to)
         if not self.data:
             problems.append("data is required (a prepared data folder or a JSONL file)")
         if not self.out:
             problems.append("out is required (the run folder)")
         return problems
+
+
+def _report_to_problems(report_to: str) -> list[str]:
+    from llmft.training.trackers import parse_report_to
+
+    try:
+        parse_report_to(report_to)
+    except LlmftError as e:
+        return [str(e)]
+    return []
 
 
 @dataclass

@@ -137,7 +137,7 @@ def measure_training(cfg: TrainConfig, steps: int = PROBE_STEPS) -> TrainingRate
 
     with tempfile.TemporaryDirectory(prefix="llmft-budget-") as tmp:
         probe = dataclasses.replace(cfg, out=str(Path(tmp) / "probe"), resume=False, max_steps=steps + 1,
-                                    eval_every=0, save_every=0, tensorboard=False)
+                                    eval_every=0, save_every=0, tensorboard=False, report_to="")
         started = time.perf_counter()
         trainer = Trainer(probe)
         trainer.setup()

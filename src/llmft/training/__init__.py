@@ -13,5 +13,6 @@
 - plan: micro-batches per step and epoch, rows per forward, passes per rank
 - checkpoint: save/load a step's state atomically; `check_resumable`
 - run_folder: config, manifest, metrics, summary and loss plot of a run
+- trackers: `--report-to` experiment trackers (tensorboard, mlflow, wandb, trackio) as Accelerate trackers
 - trainer: `Trainer` (the loop) and `train(cfg)`
 """

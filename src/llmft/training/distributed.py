@@ -8,14 +8,14 @@ import torch
 from llmft.config import TrainConfig
 from llmft.errors import LlmftError
 
-def make_accelerator():
+def make_accelerator(log_with: list | None = None):
     """The launcher picks the engine: one process, DDP (torchrun / `accelerate launch`; gloo on CPU) or FSDP (an
     accelerate FSDP config). Buffers (rotary tables) are the same on every rank, so DDP need not broadcast them at
-    every forward."""
+    every forward. `log_with`: experiment trackers (training/trackers.py), started by `init_trackers`."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(cpu=not torch.cuda.is_available(),
+    return Accelerator(cpu=not torch.cuda.is_available(), log_with=log_with or None,
                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
 
 

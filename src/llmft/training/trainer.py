@@ -32,6 +32,7 @@ from llmft.training.checkpoint import (Progress, check_resumable, gathered_state
 from llmft.training.cpu import choose_compute_dtype
 from llmft.training.data import read_training_data
 from llmft.training.distributed import check_fsdp, is_fsdp, make_accelerator
+from llmft.training.trackers import PROJECT, finish_trackers, loggable_config, make_trackers, tracker_names
 from llmft.training.losses import CausalLMLoss
 from llmft.training.model import load_tokenizer, resolve_model
 from llmft.training.optim import build_model, make_optimizer, make_scheduler, trainable_parameters, uses_chunked_loss
@@ -49,7 +50,7 @@ class Trainer:
             check_qlora_available()
         self.cfg = cfg
         self.started = time.perf_counter()
-        self.acc = make_accelerator()
+        self.acc = make_accelerator(log_with=make_trackers(tracker_names(cfg), cfg.out))
         if is_fsdp(self.acc):
             check_fsdp(self.acc.state.fsdp_plugin, cfg)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
@@ -229,9 +230,9 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> dict | None:
         cfg, plan, main = self.cfg, self.plan, self.acc.is_main_process
         metrics = runfolder.MetricsWriter(self.run_dir / "metrics.jsonl", self.progress.resumed_from) if main else None
-        writer = self._tensorboard() if main and cfg.tensorboard else None
+        self.acc.init_trackers(PROJECT, config=loggable_config(cfg))
         if self.progress.step == 0:
-            self._evaluate(metrics, writer)
+            self._evaluate(metrics)
         bar = io.progress(total=plan.total_steps, initial=self.progress.step, desc="train", unit="step",
                           **({} if main else {"disable": True}))
         try:
@@ -242,37 +243,34 @@ class Trainer:
                 loss = self.step_loss(out) if log_now else None
                 self.progress.train_seconds += time.perf_counter() - t0
                 if log_now and main:
-                    self._log_step(metrics, writer, bar, loss, out)
+                    self._log_step(metrics, bar, loss, out)
                 bar.update(1)
                 step = self.progress.step
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < plan.total_steps:
-                    self._evaluate(metrics, writer)
+                    self._evaluate(metrics)
                 if (cfg.save_every and step % cfg.save_every == 0 and step < plan.total_steps) or step == stop_after:
                     self._checkpoint()
                 if step == stop_after:
                     return None
-            self._evaluate(metrics, writer)
+            self._evaluate(metrics)
         finally:
             bar.close()
             if metrics:
                 metrics.close()
-            if writer:
-                writer.close()
+            finish_trackers(self.acc)
         return self._finish()
 
-    def _log_step(self, metrics, writer, bar, loss: float, out: dict) -> None:
+    def _log_step(self, metrics, bar, loss: float, out: dict) -> None:
         p = self.progress
         tokens_per_s = p.real_tokens / p.train_seconds if p.train_seconds else 0.0
         metrics.write({"step": p.step, "loss": round(loss, 6), "lr": out["lr"],
                        "grad_norm": round(float(out["grad_norm"]), 6), "trainable_tokens": p.trainable_tokens,
                        "real_tokens": p.real_tokens, "elapsed_s": round(time.perf_counter() - self.started, 3)})
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
-        if writer:
-            writer.add_scalar("train/loss", loss, p.step)
-            writer.add_scalar("train/lr", out["lr"], p.step)
-            writer.add_scalar("train/tokens_per_s", tokens_per_s, p.step)
+        self.acc.log({"train/loss": loss, "train/lr": out["lr"], "train/grad_norm": float(out["grad_norm"]),
+                      "train/tokens_per_s": tokens_per_s}, step=p.step)
 
-    def _evaluate(self, metrics, writer) -> None:
+    def _evaluate(self, metrics) -> None:
         result = self.dev_loss()
         if result is None or not self.acc.is_main_process:
             return
@@ -280,18 +278,12 @@ class Trainer:
         self.last_dev = loss
         metrics.write({"step": self.progress.step, "dev_loss": round(loss, 6), "dev_tokens": n,
                        "elapsed_s": round(time.perf_counter() - self.started, 3)})
-        if writer:
-            writer.add_scalar("dev/loss", loss, self.progress.step)
+        self.acc.log({"dev/loss": loss}, step=self.progress.step)
 
     def _checkpoint(self) -> None:
         save_checkpoint(self.run_dir, self.model, self.wrapped, self.optimizer.optimizer, self.scheduler,
                         self.progress, self.plan, self.cfg.keep_checkpoints, self.acc.is_main_process)
         self.acc.wait_for_everyone()
-
-    def _tensorboard(self):
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def _finish(self) -> dict | None:
         summary = None
