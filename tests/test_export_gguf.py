@@ -208,6 +208,41 @@ def test_run_folder_exports_like_its_merge(merged_dir, f16_reader, tmp_path):
     assert "FROM ./../from-run.gguf" in modelfile.read_text()
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_trained_run_to_merge_to_gguf(tmp_path, small_vocab_tokenizer, monkeypatch, method):
+    """The whole path from `llmft train` (2 steps on a tiny Llama): merge (LoRA) or the run's own model/ (full
+    fine-tuning), export, reload: the training prompt comes back from the GGUF's chat template."""
+    from llmft.config import TrainConfig
+    from llmft.data.prompts import render
+    from llmft.training.trainer import train
+    from test_train import repeat_records, write_jsonl
+
+    monkeypatch.setenv("LLMFT_CACHE", str(tmp_path / "cache"))
+    records = repeat_records(8)
+    write_jsonl(tmp_path / "train.jsonl", records[:6])
+    write_jsonl(tmp_path / "dev.jsonl", records[6:])
+    base = small_model_folder(tmp_path / "base", small_vocab_tokenizer, "llama", tie=True)
+    run = tmp_path / "run"
+    train(TrainConfig(data=str(tmp_path), out=str(run), model=str(base), method=method, max_steps=2,
+                      batch_tokens=256, max_length=64, lora_r=4, lora_alpha=8, lora_dropout=0.0, eval_every=0,
+                      save_every=0, bf16="false", lr=1e-2, warmup_ratio=0.0))
+    source = merge_run(run, tmp_path / "merged") if method == "lora" else run
+    out, _ = export_gguf(source, tmp_path / "gguf" / "m.gguf", "f16")
+    reloaded, gguf_tokenizer = _load_gguf(out)
+    record = records[0]
+    message = {"role": "user", "content": record["instruction"], "input": record["input"]}
+    prompt = gguf_tokenizer.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
+    assert prompt == render(record, "alpaca")[0]
+    if method == "lora":
+        tuned, _ = _load_folder(source)
+    else:
+        tuned, _ = _load_folder(run / "model")
+    with torch.no_grad():
+        expected, got = tuned(torch.tensor(SMALL_IDS)).logits, reloaded(torch.tensor(SMALL_IDS)).logits
+    assert _max_relative_error(expected, got) < BOUNDS["f16"]
+    assert _greedy(reloaded, SMALL_IDS, 6) == _greedy(tuned, SMALL_IDS, 6)
+
+
 def test_permutation_is_what_transformers_undoes():
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
@@ -274,6 +309,11 @@ def test_llama_cpp_runs_the_gguf(real_vocab_merged_dir, real_f16_file):
     assert llm.metadata["tokenizer.chat_template"] == tokenizer.chat_template
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Name a colour.", "input": "sky, 12"}],
                                            tokenize=False, add_generation_prompt=True)
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter    # what create_chat_completion uses for it
+
+    formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token="<|im_end|>", bos_token="")
+    messages = [{"role": "user", "content": "Name a colour.", "input": "sky, 12"}]
+    assert formatter(messages=messages).prompt == prompt
     ids = tokenizer(prompt)["input_ids"]
     assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
     llm.eval(ids)
