@@ -430,3 +430,10 @@ def test_config_file_that_is_not_utf8(tmp_path, capsys):
     (tmp_path / "data.yaml").write_bytes(b"seed: 1\nsplit: r\xe9ndom\n")
     code, _, err = run_cli(capsys, "data", "prepare", "--out", tmp_path / "data", "--config", tmp_path / "data.yaml")
     assert code == 2 and one_error_line(err).startswith(f"llmft: error: {tmp_path / 'data.yaml'}: not UTF-8 text")
+
+
+def test_an_error_that_quotes_a_line_break_stays_one_line(tmp_path):
+    error = InputFormatError(tmp_path / "odd\nname.jsonl", "columns: first\nsecond")
+    assert "\n" not in str(error) and "odd\\nname.jsonl" in str(error) and "first\\nsecond" in str(error)
+    _, message = describe(OSError(errno.EACCES, "Permission denied", "a\nb"))
+    assert message == "a\\nb: permission denied; check the file's permissions (llmft --debug ... shows the traceback)"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from llmft.cli import main
@@ -340,6 +340,7 @@ def fuzz_convert(source: str, data) -> None:
         before = snapshot(tmp, out)
         argv = ["data", "convert", source, written.given, "--out", out / "records.jsonl"]
         code, stdout, err = run_cli(argv + (["--reformulations"] if cfg.reformulations else []))
+        event(f"exit {code}")
         assert snapshot(tmp, out) == before, "a file outside --out changed"
         if code != 0:
             assert not (written.valid and written.expected is not None), f"a valid file was refused: {err}"
@@ -366,6 +367,7 @@ def fuzz_prepare(source: str, data) -> None:
         written = data.draw(fuzzed_input(source, inputs, cfg))
         before = snapshot(tmp, out)
         code, _, err = run_cli(["data", "prepare", "--out", out, f"--{source}", written.given, "--workers", "1"])
+        event(f"exit {code}")
         assert snapshot(tmp, out) == before, "a file outside --out changed"
         if code != 0:
             assert not (written.valid and written.expected is not None), f"a valid file was refused: {err}"

@@ -7,13 +7,19 @@ class LlmftError(Exception):
 
 class InputFormatError(LlmftError):
     def __init__(self, path, what: str, line: int | None = None, offset: int | None = None):
-        where = str(path)
+        where, what = one_line(str(path)), one_line(what)   # a quoted column or file name may hold a line break
         if line is not None:
             where += f", line {line}"
         if offset is not None:
             where += f", byte offset {offset}"
         super().__init__(f"{where}: {what}")
         self.path, self.line, self.offset = path, line, offset
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped, so a message stays one line."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text) if not text.isprintable() else text
 
 
 def is_disk_full(error: BaseException) -> bool:

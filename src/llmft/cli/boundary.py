@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from typing import Callable
 
-from llmft.errors import LlmftError, is_disk_full, os_error_message
+from llmft.errors import LlmftError, is_disk_full, one_line, os_error_message
 
 DEBUG_ENV = "LLMFT_DEBUG"
 _DEBUG_HINT = "(llmft --debug ... shows the traceback)"
@@ -27,7 +27,12 @@ def debug_requested(flag: bool = False) -> bool:
 def describe(error: BaseException) -> tuple[int, str]:
     """(exit status, one-line message) for an exception that reached the top of a command."""
     if isinstance(error, LlmftError):
-        return 2, str(error)
+        return 2, str(error)     # its own words (a list of config problems may take several lines)
+    status, message = _describe_other(error)
+    return status, one_line(message)
+
+
+def _describe_other(error: BaseException) -> tuple[int, str]:
     if isinstance(error, OSError):
         hint = "" if is_disk_full(error) else f" {_DEBUG_HINT}"
         return 2, os_error_message(error) + hint
