@@ -3,6 +3,15 @@ batch sizes. Prompts: real Alpaca records rendered with the alpaca template. Tok
 (up to and excluding the stop token), so rows that stop early do not inflate the figure.
 
     .venv/bin/python bench/generate_throughput.py [--batch-sizes 1,16] [--prompts 32] [--max-new-tokens 64]
+
+`--eval-data DIR` measures the generation of `llmft eval` instead: the test split of a prepared folder (the demo's
+runs/demo/data) rendered with the superni template, a LoRA adapter (r=16 on every linear layer, seeded random B, so the
+tuned path costs what a trained one does), greedy, `--max-new-tokens` 24 and batches of 16 as the demo recipe scores.
+It times, alternately and `--repeats` times each, the plain baseline (`model.generate` of the PEFT model on the same
+length-sorted left-padded batches, transformers' default dynamic cache) and llmft's evaluation path
+(`evaluation.generate.generate_tokens` inside `inference_ready`), and checks that both give the same tokens.
+
+    .venv/bin/python bench/generate_throughput.py --eval-data runs/demo/data [--repeats 2]
 """
 from __future__ import annotations
 
@@ -50,19 +59,106 @@ def measure(model, tokenizer, prompts, batch_size: int, max_new_tokens: int) -> 
             "seconds": round(seconds, 3), "tokens_per_s": round(generated / seconds, 1)}
 
 
+def eval_prompts(data: str, tokenizer, limit: int = 0) -> list[str]:
+    from llmft import io
+
+    rows = list(io.read_jsonl(Path(data) / "test.jsonl"))
+    rows = rows[:limit] if limit else rows
+    return [render(r, "superni", tokenizer=tokenizer)[0] for r in rows]
+
+
+def lora_model(name: str):
+    from peft import LoraConfig, get_peft_model
+
+    model = load_model(name, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    for param_name, param in model.named_parameters():
+        if "lora_B" in param_name:
+            torch.nn.init.normal_(param, std=0.02)
+    return model.eval()
+
+
+def plain_generate(model, tokenizer, prompts, options: GenerationOptions) -> list[list[int]]:
+    """The baseline: model.generate on length-sorted left-padded batches, nothing else."""
+    from transformers import GenerationConfig
+
+    from llmft.evaluation.generate import _left_pad, _length_sorted_batches, encode_prompt, stop_token_ids
+
+    stop = stop_token_ids(tokenizer)
+    config = GenerationConfig(max_new_tokens=options.max_new_tokens, do_sample=False, eos_token_id=stop,
+                              pad_token_id=tokenizer.pad_token_id)
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    results: list[list[int]] = [[] for _ in prompts]
+    with torch.no_grad():
+        for batch in _length_sorted_batches([len(e) for e in encoded], options.batch_size):
+            ids, mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, "cpu")
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            for row, index in enumerate(batch):
+                tokens = out[row, ids.shape[1]:].tolist()
+                results[index] = tokens[:next((i for i, t in enumerate(tokens) if t in stop), len(tokens))]
+    return results
+
+
+def llmft_generate(model, tokenizer, prompts, options: GenerationOptions) -> list[list[int]]:
+    from llmft.evaluation.generate import inference_ready
+
+    with inference_ready(model) as ready:
+        return generate_tokens(ready, tokenizer, prompts, options)
+
+
+def measure_eval(args) -> None:
+    import statistics
+
+    tokenizer = load_tokenizer(args.model)
+    prompts = eval_prompts(args.eval_data, tokenizer, args.prompts)
+    model = lora_model(args.model)
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size)
+    contenders = {"model.generate (baseline)": plain_generate, "llmft eval": llmft_generate}
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    outputs = {}
+    llmft_generate(model, tokenizer, prompts[:2], options)                     # warm-up
+    for _ in range(args.repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            outputs[name] = fn(model, tokenizer, prompts, options)
+            seconds = time.perf_counter() - start
+            rates[name].append(sum(len(t) for t in outputs[name]) / seconds)
+    same = outputs["llmft eval"] == outputs["model.generate (baseline)"]
+    for name in contenders:
+        print(json.dumps({"contender": name, "prompts": len(prompts), "batch_size": options.batch_size,
+                          "max_new_tokens": options.max_new_tokens,
+                          "generated_tokens": sum(len(t) for t in outputs[name]),
+                          "tokens_per_s": [round(r, 1) for r in rates[name]],
+                          "median_tokens_per_s": round(statistics.median(rates[name]), 1)}), flush=True)
+    base, ours = (statistics.median(rates[n]) for n in contenders)
+    print(json.dumps({"speedup": round(ours / base, 2), "same_tokens": same, "load": list(os.getloadavg())}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--batch-sizes", default="1,16")
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--prompts", type=int, help="prompts (default 32; with --eval-data: all of the test split)")
+    parser.add_argument("--max-new-tokens", type=int, help="default 64; with --eval-data 24, as the demo recipe")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: bf16 on CUDA, else fp32)")
     parser.add_argument("--alpaca", default=str(ALPACA), help="Alpaca JSON file the prompts come from")
     parser.add_argument("--random-init", action="store_true",
                         help="random weights from the model folder's config.json (same architecture and speed, "
                              "but every row runs to --max-new-tokens); for machines the weights cannot reach")
+    parser.add_argument("--eval-data", help="prepared data folder: measure `llmft eval` generation on its test split")
+    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("LLMFT_NO_PROGRESS", "1")
+    if args.eval_data:
+        args.max_new_tokens, args.prompts = args.max_new_tokens or 24, args.prompts or 0
+        print(json.dumps({"model": args.model, "device": "cpu", "threads": torch.get_num_threads(),
+                          "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+                          "load": list(os.getloadavg())}))
+        measure_eval(args)
+        return
+    args.max_new_tokens, args.prompts = args.max_new_tokens or 64, args.prompts or 32
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = args.dtype or ("bfloat16" if device == "cuda" else "float32")
     tokenizer = load_tokenizer(args.model)

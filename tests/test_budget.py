@@ -144,6 +144,51 @@ def test_fit_recipe_cuts_the_evaluation_to_the_first_records_of_each_task(tmp_pa
     assert budget.fit_recipe(load_recipe("superni"), layout, FakeLog({})).eval.data == str(subset)
 
 
+def fake_rates(monkeypatch, step_s: float, decode_step_s: float = 0.05, records: int = 105, tasks: int = 21):
+    """measure_and_fit on fake measured rates: `records` eval prompts of 100 tokens spread over `tasks` tasks."""
+    rate = budget.TrainingRate(setup_s=10.0, dev_loss_s=2.0, step_s=step_s, tokens_per_s=512 / step_s,
+                               steps_per_epoch=105)
+    generation = budget.GenerationRate(load_s=3.0, prefill_tokens_per_s=2000.0, decode_step_s=decode_step_s,
+                                       prefill_probe_tokens=300, decode_probe_batch=16)
+    inputs = {"tasks": [f"t{i % tasks}" for i in range(records)], "prompts": ["p"] * records,
+              "prompt_lengths": [100] * records, "response_lengths": [10] * records}
+    monkeypatch.setattr(budget, "measure_training", lambda cfg: rate)
+    monkeypatch.setattr(budget, "measure_generation", lambda cfg, prompts, batch_size: generation)
+    monkeypatch.setattr(budget, "eval_inputs", lambda path, cfg, eval_cfg: inputs)
+
+
+def test_demo_budget_trains_fewer_steps_on_a_slow_machine_and_at_most_the_recipe_steps_on_a_fast_one(
+        tmp_path, monkeypatch):
+    from llmft.pipeline.recipe import load_recipe
+
+    recipe = load_recipe("demo")
+    assert recipe.run.budget_minutes > 0 and recipe.train.max_steps > 0
+    budget_s = 60 * recipe.run.budget_minutes
+    fake_rates(monkeypatch, step_s=0.5)
+    fast = budget.measure_and_fit(recipe, tmp_path, spent_s=5.0)
+    fake_rates(monkeypatch, step_s=3.0, decode_step_s=0.2)
+    slow = budget.measure_and_fit(recipe, tmp_path, spent_s=5.0)
+    assert fast["max_steps"] == recipe.train.max_steps and fast["fit"]["capped_by_epochs"]   # the recipe's cap
+    assert 0 < slow["max_steps"] < recipe.train.max_steps and not slow["fit"]["capped_by_epochs"]
+    fit = slow["fit"]
+    # what the slow machine trains fills the budget: its steps plus every other share, and one more step would not fit
+    shares = fit["spent_s"] + fit["eval_s"] + fit["train_overhead_s"] + fit["reserve_s"]
+    assert shares + fit["steps"] * 3.0 <= budget_s < shares + (fit["steps"] + 1) * 3.0
+    # the eval estimate: 7 length-sorted batches of 16 (prefill 1600 tokens at 2000/s + 24 decode steps) plus the
+    # loss pass, base and tuned, model load, x EVAL_SAFETY; all 5 records of each task kept
+    generation = 7 * 24 * 0.2 + (6 * 1600 + 900) / 2000
+    loss = 105 * 110 / 2000 if recipe.eval.loss else 0.0
+    assert fit["eval_s"] == pytest.approx(round(budget.EVAL_SAFETY * (3.0 + 2 * (generation + loss)), 2))
+    assert slow["eval_per_task"] == slow["eval_per_task_prepared"] == 5
+
+
+def test_step_cap_prefers_the_recipe_steps_over_epochs():
+    from llmft.config import TrainConfig
+
+    assert budget.step_cap(TrainConfig(max_steps=120, epochs=3.0), 105) == 120
+    assert budget.step_cap(TrainConfig(epochs=1.5), 105) == 158
+
+
 def test_first_per_task_and_choose_eval_size():
     tasks = ["a", "a", "b", "a", "b", "c", "b", "a"]
     assert budget.first_per_task(tasks, 2) == [0, 1, 2, 4, 5]

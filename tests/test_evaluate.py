@@ -124,6 +124,22 @@ def test_eval_greedy_predictions_are_the_generate_output(run_dir):
     assert "prediction_base" not in rows[0] and set(rows[0]["scores"]) == {"tuned"}
 
 
+def test_eval_without_the_loss_pass_scores_the_same_and_leaves_loss_out(run_dir, monkeypatch, capsys):
+    cfg = EvalConfig(max_new_tokens=4, batch_size=2, limit=3)
+    with_loss = evaluate_run(run_dir, cfg)
+    monkeypatch.setattr(ev, "response_loss", lambda *a, **k: pytest.fail("loss pass not asked for"))
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--max-new-tokens", "4", "--batch-size", "2", "--limit", "3",
+                 "--no-loss"]) == 0
+    without = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    for name in ("base", "tuned"):
+        assert not {"loss", "perplexity", "loss_tokens", "n_loss_skipped"} & set(without[name])
+        for key in ("rougeL", "exact_match", "n", "per_task"):
+            assert without[name][key] == with_loss[name][key]
+    out = capsys.readouterr().out
+    assert "| ROUGE-L |" in out and "| loss |" not in out and "| perplexity |" not in out
+
+
 def test_cli_eval_options(run_dir, tmp_path, monkeypatch, capsys):
     calls = _scripted(monkeypatch)
     other = tmp_path / "other"

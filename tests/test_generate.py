@@ -42,6 +42,38 @@ def test_batched_generation_equals_one_prompt_at_a_time(tuned):
         tokenizer.decode(t, skip_special_tokens=True).strip() for t in batched[:2]]
 
 
+def test_merged_adapter_gives_the_same_greedy_tokens_and_is_undone(tuned):
+    """The evaluation speed-up (LoRA merged into the weights while generating) changes no greedy prediction (fp32)."""
+    from peft.tuners.lora import LoraLayer
+
+    model, tokenizer = tuned
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    options = GenerationOptions(max_new_tokens=8, batch_size=3)
+    ids = tokenizer(PROMPTS[1], return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+        with model.disable_adapter():
+            assert not torch.allclose(model(ids).logits, logits, atol=1e-3)     # the adapter matters here
+    unmerged = generate_tokens(model, tokenizer, PROMPTS, options)
+    with gen.inference_ready(model) as ready:
+        assert ready is model and layers and all(layer.merged for layer in layers)
+        assert generate_tokens(ready, tokenizer, PROMPTS, options) == unmerged
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, logits, atol=1e-5, rtol=1e-5)
+    assert not any(layer.merged for layer in layers)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_ready_leaves_models_it_cannot_merge_alone(tuned):
+    model, _ = tuned
+    base = model.get_base_model()
+    with gen.inference_ready(base) as ready:                   # no adapter
+        assert ready is base
+    with model.disable_adapter(), gen.inference_ready(model) as ready:   # base scoring: adapter off, nothing merged
+        assert not any(getattr(m, "merged", False) for m in model.modules())
+
+
 def test_greedy_ignores_the_model_generation_config(tuned):
     model, tokenizer = tuned
     before = generate_tokens(model, tokenizer, PROMPTS[:2], GenerationOptions(max_new_tokens=4))

@@ -22,7 +22,8 @@ NI_HELD_OUT = [
     "task9020_demo_previous_number", "task9021_demo_sort_numbers_descending", "task9022_demo_min_of_list",
     "task9023_demo_year_of_date", "task9024_demo_reverse_word_order", "task9025_demo_acronym",
 ]
-SMALL = ["demo_instances=10", "data.workers=1", "data.test_instances_per_task=2"]
+# budget_minutes=0: the fake stages have no throughput to measure (tests/test_budget.py tests the fit)
+SMALL = ["demo_instances=10", "data.workers=1", "data.test_instances_per_task=2", "budget_minutes=0"]
 
 
 # ---------------------------------------------------------------- fakes
@@ -101,6 +102,7 @@ def test_demo_recipe_values():
     assert (recipe.data.split, recipe.data.test_ratio, recipe.data.test_instances_per_task) == ("tasks", 0.1, 5)
     assert (recipe.train.model, recipe.train.method, recipe.train.max_steps) == ("smollm2-135m", "lora", 120)
     assert (recipe.eval.split, recipe.eval.max_new_tokens) == ("test", 24)
+    assert recipe.run.budget_minutes == 8 and recipe.eval.loss is False     # steps fitted to 8 min, at most 120
     assert "demo" in recipes.builtin_recipes()
 
 
@@ -277,7 +279,7 @@ def test_changed_recipe_is_refused_naming_the_keys(tmp_path):
 
 def test_real_datasets_skip_the_demo(tmp_path, raw_dir):
     fakes = FakeStages()
-    recipe = recipes.load_recipe("demo", ["data.workers=1", "data.split=random"])
+    recipe = recipes.load_recipe("demo", ["data.workers=1", "data.split=random", "budget_minutes=0"])
     alpaca = raw_dir / "alpaca" / "alpaca_data.json"
     if not alpaca.exists():
         alpaca = next(raw_dir.glob("alpaca/*.json"))

@@ -12,7 +12,8 @@ import torch
 from llmft import io
 from llmft.config import EvalConfig, check
 from llmft.errors import InputFormatError, LlmftError
-from llmft.evaluation.generate import GenerationOptions, generate, to_inference_device
+from llmft.evaluation.generate import (GenerationOptions, generate, inference_ready,
+                                       to_inference_device)
 from llmft.evaluation.metrics import aggregate, aggregate_by, score_prediction
 from llmft.data.conversation import single_turn_view
 from llmft.training.run_folder import HELDOUT_FILE
@@ -187,9 +188,11 @@ def response_loss(model, examples: list[tuple[list[int], list[int]]], pad_id: in
 # ---------------------------------------------------------------- one model
 
 def score_model(model, tokenizer, records, prompts, examples, info: dict, cfg: EvalConfig, name: str):
-    """Loss, greedy generations and their scores for one model (tuned, or base with the adapter disabled)."""
+    """Greedy generations, their scores and (when `cfg.loss`) the response loss for one model (tuned, or base with
+    the adapter disabled)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    loss = response_loss(model, [e for e in examples if e is not None], pad_id, desc=f"{name} loss")
+    loss = (response_loss(model, [e for e in examples if e is not None], pad_id, desc=f"{name} loss")
+            if cfg.loss else {})
     options = GenerationOptions(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     predictions = generate(model, tokenizer, prompts, options, template=info.get("template"),
                            desc=f"{name} generation")
@@ -197,7 +200,7 @@ def score_model(model, tokenizer, records, prompts, examples, info: dict, cfg: E
     summary = {**loss, **aggregate(scores),
                "per_source": aggregate_by(scores, [r.get("source", "unknown") for r in records]),
                "per_task": aggregate_by(scores, [r.get("task", "unknown") for r in records]),
-               "n_loss_skipped": sum(e is None for e in examples)}
+               **({"n_loss_skipped": sum(e is None for e in examples)} if cfg.loss else {})}
     summary["n"] = len(records)
     return summary, predictions, scores
 
@@ -258,8 +261,9 @@ def _evaluate_locked(run_dir: Path, cfg: EvalConfig, trust_remote_code: bool) ->
         with _base_model(run_dir, model, trust_remote_code) as base:
             results["base"], predictions["base"], scores["base"] = score_model(
                 base, tokenizer, records, prompts, examples, info, cfg, "base")
-    results["tuned"], predictions["tuned"], scores["tuned"] = score_model(
-        model, tokenizer, records, prompts, examples, info, cfg, "tuned")
+    with inference_ready(model) as tuned:       # a LoRA adapter merged into the weights while it is scored
+        results["tuned"], predictions["tuned"], scores["tuned"] = score_model(
+            tuned, tokenizer, records, prompts, examples, info, cfg, "tuned")
 
     io.write_json(run_dir / "eval.json", results)
     io.write_jsonl(run_dir / "predictions.jsonl", _prediction_rows(records, predictions, scores))

@@ -123,7 +123,9 @@ def inference_ready(model):
 
 
 def _mergeable_lora(model) -> bool:
-    config = getattr(model, "peft_config", None)
+    from peft import PeftModel
+
+    config = getattr(model, "peft_config", None) if isinstance(model, PeftModel) else None
     if not config or getattr(model, "_adapters_disabled", False) or len(config) != 1:
         return False
     (adapter,) = config.values()

@@ -50,6 +50,8 @@ def overall_table(eval_dict: dict) -> str:
     rows = []
     for key, label in OVERALL_METRICS:
         values = [eval_dict[n].get(key) for n in names]
+        if all(v is None for v in values):      # e.g. loss and perplexity of an eval without the loss pass
+            continue
         row = [label] + [_fmt(v) for v in values]
         if len(names) == 2 and key != "n":
             row.append(_delta(*values))
