@@ -328,3 +328,24 @@ def test_llama_cpp_runs_the_gguf(real_vocab_merged_dir, real_f16_file):
         if len(generated) == 8:
             break
     assert generated == _greedy(merged, [ids], 8)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                    reason="llama_cpp is not importable (pip install llama-cpp-python builds llama.cpp from source)")
+@pytest.mark.parametrize("arch,dtype", [("llama", "f16"), ("llama", "q8_0"), ("qwen2", "f16"), ("mistral", "bf16")])
+def test_llama_cpp_runs_each_architecture(tmp_path, small_vocab_tokenizer, arch, dtype):
+    import llama_cpp
+
+    folder = small_model_folder(tmp_path / f"tiny-{arch}", small_vocab_tokenizer, arch)
+    out, _ = export_gguf(folder, tmp_path / "out" / "m.gguf", dtype)
+    source, tokenizer = _load_folder(folder)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    text = "Write 3 tips, France!  12345"
+    assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text)["input_ids"]      # the qwen2 split regex
+    ids = SMALL_IDS[0]
+    llm.eval(ids)
+    with torch.no_grad():
+        expected = source(torch.tensor([ids])).logits[0]
+    got = torch.tensor(np.array(llm.scores[: len(ids)]))
+    assert _max_relative_error(expected, got) < BOUNDS[dtype]
