@@ -164,32 +164,41 @@ def _text_lines(stream: IO[str], name, max_line_bytes: int) -> Iterator[tuple[in
 
 
 def _byte_lines(stream: IO[bytes], name, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes) of every non-blank line, holding at most one read chunk plus one partial line."""
-    lineno, pending, first = 1, b"", True
+    """(line number, bytes) of every non-blank line, holding at most one read chunk plus one partial line (kept as
+    a list of pieces, so a long line costs one join, not a copy per chunk)."""
+    lineno, pieces, held, first = 1, [], 0, True
     while chunk := stream.read(_READ_CHUNK):
         if first:
             chunk, first = (chunk[len(BOM):] if chunk.startswith(BOM) else chunk), False
+        if b"\n" not in chunk:
+            pieces.append(chunk)
+            held += len(chunk)
+            if held > max_line_bytes:
+                raise _too_long(name, lineno, max_line_bytes)
+            continue
         if chunk.isspace():        # a run of blank lines costs one count per chunk, not one loop per line
-            newlines = chunk.count(b"\n")
-            if newlines:
-                if pending.strip():
-                    yield lineno, pending
-                lineno += newlines
-                pending = chunk[chunk.rindex(b"\n") + 1:]
-                continue
+            if any(p.strip() for p in pieces):
+                yield lineno, b"".join(pieces)
+            lineno += chunk.count(b"\n")
+            tail = chunk[chunk.rindex(b"\n") + 1:]
+            pieces, held = [tail], len(tail)
+            continue
         parts = chunk.split(b"\n")
-        parts[0] = pending + parts[0]
-        pending = parts.pop()
+        if pieces:
+            parts[0] = b"".join(pieces) + parts[0]
+        tail = parts.pop()
+        pieces, held = [tail], len(tail)
         for part in parts:
             if len(part) > max_line_bytes:
                 raise _too_long(name, lineno, max_line_bytes)
             if part.strip():
                 yield lineno, part
             lineno += 1
-        if len(pending) > max_line_bytes:
+        if held > max_line_bytes:
             raise _too_long(name, lineno, max_line_bytes)
-    if pending.strip():
-        yield lineno, pending
+    rest = b"".join(pieces)
+    if rest.strip():
+        yield lineno, rest
 
 
 def _too_long(name, line: int, limit: int) -> InputFormatError:
