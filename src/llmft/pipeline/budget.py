@@ -178,13 +178,13 @@ def median_prompts(lengths: list[int], count: int) -> list[int]:
 
 
 def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int) -> GenerationRate:
-    """Prefill rate and decode step time of the evaluation model (fp32 on the CPU as `evaluate_run` loads it,
-    the adapter attached so its layers cost what the tuned model's do). Prefill: `PREFILL_PROBE_PROMPTS` real eval
-    prompts of median length. Decode: a full eval batch of short prompt tails, forced to `PROBE_NEW_TOKENS`
-    tokens, so the probe stays cheap however long the eval prompts are."""
+    """Prefill rate and decode step time of the evaluation model (fp32 on the CPU as `evaluate_run` loads it, the
+    adapter attached, and merged where `evaluate_run` merges it, so its layers cost what the tuned model's do).
+    Prefill: `PREFILL_PROBE_PROMPTS` real eval prompts of median length. Decode: a full eval batch of short prompt
+    tails, forced to `PROBE_NEW_TOKENS` tokens, so the probe stays cheap however long the eval prompts are."""
     import torch
 
-    from llmft.evaluation.generate import encode_prompt
+    from llmft.evaluation.generate import encode_prompt, inference_ready
     from llmft.training.model import attach_adapter, load_model, load_tokenizer
 
     started = time.perf_counter()
@@ -199,14 +199,15 @@ def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int) ->
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     tails = [encoded[i % len(encoded)][-DECODE_PROBE_CONTEXT:] for i in range(batch_size)]
     tail_ids, tail_mask = _left_padded(tails, pad_id)
-    _generate(model, tail_ids[:1], tail_mask[:1], 1)                # warm-up
-    prefill_s, prefill_tokens = 0.0, 0
-    for index in median_prompts([len(e) for e in encoded], PREFILL_PROBE_PROMPTS):
-        ids, mask = _left_padded([encoded[index]], pad_id)
-        prefill_s += _generate(model, ids, mask, 1)
-        prefill_tokens += ids.numel()
-    short_s = _generate(model, tail_ids, tail_mask, 1)
-    forced_s = _generate(model, tail_ids, tail_mask, PROBE_NEW_TOKENS)
+    with inference_ready(model):                # as evaluate_run scores the tuned model: a LoRA adapter merged
+        _generate(model, tail_ids[:1], tail_mask[:1], 1)            # warm-up
+        prefill_s, prefill_tokens = 0.0, 0
+        for index in median_prompts([len(e) for e in encoded], PREFILL_PROBE_PROMPTS):
+            ids, mask = _left_padded([encoded[index]], pad_id)
+            prefill_s += _generate(model, ids, mask, 1)
+            prefill_tokens += ids.numel()
+        short_s = _generate(model, tail_ids, tail_mask, 1)
+        forced_s = _generate(model, tail_ids, tail_mask, PROBE_NEW_TOKENS)
     del model
     return GenerationRate(load_s=load_s, prefill_tokens_per_s=prefill_tokens / prefill_s,
                           decode_step_s=max(forced_s - short_s, 0.0) / (PROBE_NEW_TOKENS - 1),
