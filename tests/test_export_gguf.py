@@ -85,12 +85,17 @@ def small_vocab_tokenizer(tmp_path_factory):
 SMALL_VOCAB = 384     # > the tokenizer's 369 tokens: the GGUF pads the rest as UNUSED, as llama.cpp's converter does
 
 
-def small_model_folder(folder, tokenizer, arch, tie=False):
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}   # Llama 3.2's kind, on a short scale
+
+
+def small_model_folder(folder, tokenizer, arch, tie=False, rope=None):
     import transformers as tf
 
     common = dict(vocab_size=SMALL_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  **({"rope_parameters": rope} if rope else {}))
     config = {"llama": lambda: tf.LlamaConfig(**common, tie_word_embeddings=tie),
               "qwen2": lambda: tf.Qwen2Config(**common, tie_word_embeddings=True),
               "mistral": lambda: tf.MistralConfig(**common, sliding_window=None)}[arch]()
@@ -100,6 +105,8 @@ def small_model_folder(folder, tokenizer, arch, tie=False):
         for name, param in model.named_parameters():
             if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
                 param.normal_(0.0, 0.5)              # random init leaves Qwen2's q/k/v biases at zero
+            if rope and name.endswith(("q_proj.weight", "k_proj.weight")):
+                param.mul_(6.0)                      # sharper attention: a wrong rotary frequency shows in the logits
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -255,6 +262,19 @@ def test_permutation_is_what_transformers_undoes():
     assert np.array_equal(LlamaTensorProcessor()._reverse_permute_weights(permute_for_llama_cpp(kv, 2), 8, 2), kv)
 
 
+def test_scaled_rope_goes_in_as_frequency_factors(tmp_path, small_vocab_tokenizer):
+    folder = small_model_folder(tmp_path / "llama3", small_vocab_tokenizer, "llama", rope=LLAMA3_ROPE)
+    out, _ = export_gguf(folder, tmp_path / "m.gguf")
+    (freqs,) = [t for t in gguf.GGUFReader(out).tensors if t.name == "rope_freqs.weight"]
+    factors = np.asarray(freqs.data)
+    assert factors.shape == (8,) and factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(32.0)
+    yarn = small_model_folder(tmp_path / "yarn", small_vocab_tokenizer, "llama",
+                              rope={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                    "original_max_position_embeddings": 64})
+    with pytest.raises(LlmftError, match="rope scaling 'yarn' is not written"):
+        export_gguf(yarn, tmp_path / "yarn-out" / "y.gguf")
+
+
 def test_refusals(merged_dir, f16_file, tmp_path, small_vocab_tokenizer, capsys):
     with pytest.raises(LlmftError, match="already exists"):
         export_gguf(merged_dir, f16_file)
@@ -333,11 +353,12 @@ def test_llama_cpp_runs_the_gguf(real_vocab_merged_dir, real_f16_file):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama_cpp is not importable (pip install llama-cpp-python builds llama.cpp from source)")
-@pytest.mark.parametrize("arch,dtype", [("llama", "f16"), ("llama", "q8_0"), ("qwen2", "f16"), ("mistral", "bf16")])
-def test_llama_cpp_runs_each_architecture(tmp_path, small_vocab_tokenizer, arch, dtype):
+@pytest.mark.parametrize("arch,dtype,rope", [("llama", "f16", None), ("llama", "q8_0", None), ("qwen2", "f16", None),
+                                             ("mistral", "bf16", None), ("llama", "f16", LLAMA3_ROPE)])
+def test_llama_cpp_runs_each_architecture(tmp_path, small_vocab_tokenizer, arch, dtype, rope):
     import llama_cpp
 
-    folder = small_model_folder(tmp_path / f"tiny-{arch}", small_vocab_tokenizer, arch)
+    folder = small_model_folder(tmp_path / f"tiny-{arch}", small_vocab_tokenizer, arch, rope=rope)
     out, _ = export_gguf(folder, tmp_path / "out" / "m.gguf", dtype)
     source, tokenizer = _load_folder(folder)
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
@@ -349,3 +370,11 @@ def test_llama_cpp_runs_each_architecture(tmp_path, small_vocab_tokenizer, arch,
         expected = source(torch.tensor([ids])).logits[0]
     got = torch.tensor(np.array(llm.scores[: len(ids)]))
     assert _max_relative_error(expected, got) < BOUNDS[dtype]
+    if rope:        # and far closer to the scaled rope than to the unscaled one it would run without rope_freqs
+        from transformers import AutoModelForCausalLM
+
+        unscaled = AutoModelForCausalLM.from_pretrained(
+            folder, rope_parameters={"rope_type": "default", "rope_theta": rope["rope_theta"]}).eval()
+        with torch.no_grad():
+            gap = _max_relative_error(expected, unscaled(torch.tensor([ids])).logits[0])
+        assert _max_relative_error(expected, got) < gap / 10

@@ -5,7 +5,9 @@ them), the hyperparameters under the architecture's keys, the tokenizer and the 
 Tensor names come from gguf's own TensorNameMap for the architecture. Llama-family q_proj/k_proj rows are
 permuted into llama.cpp's rotary layout (pairs of dimensions interleaved per head; HF keeps the two halves apart),
 the inverse of what transformers' GGUF loader undoes (LlamaTensorProcessor); Qwen2 runs NEOX-style rope in
-llama.cpp and keeps HF's order. Mistral is written as llama.cpp does: the llama architecture."""
+llama.cpp and keeps HF's order. Mistral is written as llama.cpp does: the llama architecture. Rope scaling that
+only rescales frequencies (Llama 3.1/3.2's `llama3`, `linear`) goes in as llama.cpp's `rope_freqs` tensor; others
+(yarn, dynamic, longrope) are refused."""
 from __future__ import annotations
 
 import contextlib
@@ -41,15 +43,40 @@ ARCHS = {
 }
 
 
+# Rope scalings that only rescale each rotary frequency (no attention factor, nothing that depends on the sequence
+# length): llama.cpp takes them as a `rope_freqs` tensor of per-frequency divisors.
+FREQUENCY_ONLY_ROPE = ("llama3", "linear")
+
+
 def arch_spec(config, where: str) -> ArchSpec:
     spec = ARCHS.get(config.model_type)
     if spec is None:
         raise LlmftError(f"{where}: model type {config.model_type!r} cannot be exported to GGUF by llmft yet "
                          f"(supported: {', '.join(ARCHS)}); llama.cpp's convert_hf_to_gguf.py reads the merged folder")
-    rope = getattr(config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise LlmftError(f"{where}: rope scaling {rope.get('rope_type')!r} is not written by llmft's GGUF export yet")
+    rope_type = _rope_type(config)
+    if rope_type not in ("default", *FREQUENCY_ONLY_ROPE):
+        raise LlmftError(f"{where}: rope scaling {rope_type!r} is not written by llmft's GGUF export (it handles "
+                         f"{', '.join(FREQUENCY_ONLY_ROPE)} and none)")
     return spec
+
+
+def _rope_type(config) -> str:
+    return str((getattr(config, "rope_parameters", None) or {}).get("rope_type", "default"))
+
+
+def rope_frequency_factors(model) -> np.ndarray | None:
+    """llama.cpp's `rope_freqs`: what each default rotary frequency is divided by. Taken from the frequencies
+    transformers itself computed for the model (default / actual), so no scaling formula is written twice. None for
+    unscaled rope. transformers' GGUF loader ignores this tensor: a reloaded file runs with unscaled rope."""
+    if _rope_type(model.config) == "default":
+        return None
+    rotary = next(m for m in model.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor))
+    if float(getattr(rotary, "attention_scaling", 1.0)) != 1.0:
+        raise LlmftError(f"rope scaling {_rope_type(model.config)!r} scales attention too; not exportable here")
+    dim = _head_dim(model.config)
+    theta = float(model.config.rope_parameters["rope_theta"])
+    default = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    return (default / rotary.inv_freq.double()).float().numpy()
 
 
 def permute_for_llama_cpp(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -148,6 +175,10 @@ def write_gguf(model, tokenizer, end_ids: list[int], out: Path, dtype: str, name
         try:
             _add_hyperparameters(writer, model.config, name, dtype)
             vocab.add_to(writer)
+            factors = rope_frequency_factors(model)
+            if factors is not None:
+                writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors,
+                                  raw_dtype=gguf.GGMLQuantizationType.F32)
             for gguf_name, array, qtype in gguf_tensors(model, spec, dtype, where):
                 writer.add_tensor(gguf_name, array, raw_dtype=qtype)
             writer.write_header_to_file()
