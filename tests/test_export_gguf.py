@@ -378,3 +378,34 @@ def test_llama_cpp_runs_each_architecture(tmp_path, small_vocab_tokenizer, arch,
         with torch.no_grad():
             gap = _max_relative_error(expected, unscaled(torch.tensor([ids])).logits[0])
         assert _max_relative_error(expected, got) < gap / 10
+
+
+def test_pre_tokenizer_names_follow_the_tokenizers_own_split():
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+
+    from llmft.export.gguf_vocab import pre_tokenizer_name
+
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    assert pre_tokenizer_name(byte_level, "t") == "gpt-2"
+    digits = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    assert pre_tokenizer_name(digits, "t") == "smollm"                     # SmolLM2's tokenizer.json
+    split = {"type": "Split", "pattern": {"Regex": GGUF_PRE_TOKENIZER_SPLITS["llama-bpe"]}, "behavior": "Isolated"}
+    llama3 = {"type": "Sequence", "pretokenizers": [split, {**byte_level, "use_regex": False}]}
+    assert pre_tokenizer_name(llama3, "t") == "llama3"
+    with pytest.raises(LlmftError, match="t: its pre-tokenizer .*Metaspace.* is not one llmft can name"):
+        pre_tokenizer_name({"type": "Metaspace", "replacement": "\u2581"}, "t")
+
+
+def test_sentencepiece_style_vocabularies_are_refused_with_a_pointer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from llmft.export.gguf_vocab import gguf_vocab
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(["a small text", "another text"], trainers.BpeTrainer(
+        vocab_size=60, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="<s>", unk_token="<unk>")
+    with pytest.raises(LlmftError, match="not a byte-level BPE tokenizer .*byte_fallback.*convert_hf_to_gguf.py"):
+        gguf_vocab(tokenizer, 64, [2])
