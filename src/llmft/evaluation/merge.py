@@ -1,5 +1,7 @@
 """`merge_run`: fold a run's LoRA adapter into its base weights and save a plain Hugging Face folder
-(safetensors, tokenizer, generation config) that loads with `AutoModelForCausalLM.from_pretrained`, no PEFT."""
+(safetensors, tokenizer, generation config) that loads with `AutoModelForCausalLM.from_pretrained`, no PEFT. The
+tokenizer's chat template is the training prompt format (evaluation/chat_template.py), the generation config stops
+at the trained end token(s), and README.md is the model card (evaluation/model_card.py)."""
 from __future__ import annotations
 
 from pathlib import Path
