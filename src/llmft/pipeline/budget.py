@@ -153,6 +153,7 @@ def measure_training(cfg: TrainConfig, steps: int = PROBE_STEPS) -> TrainingRate
             times.append(time.perf_counter() - started)
             tokens += out["real"]
         per_epoch = math.ceil(trainer.plan.micro_per_epoch / trainer.plan.micro_per_step)
+        trainer.folder_lock.close()                # the probe folder's writer lock (train() releases it itself)
         del trainer
     return TrainingRate(setup_s=setup_s, dev_loss_s=dev_loss_s, step_s=statistics.median(times),
                         tokens_per_s=tokens / sum(times), steps_per_epoch=per_epoch)
