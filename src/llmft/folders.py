@@ -284,7 +284,7 @@ def own_folder(path: str | os.PathLike, command: str, *, accept: tuple[str, ...]
     empty, refuse one made by someone else, clean up what a killed writer left inside.
 
     `accept`: the commands whose folders this one may write into (default: its own). `legacy`: a file that marks a
-    folder of the accepted kind written before markers existed (read-only kinds of use only, e.g. eval)."""
+    folder of the accepted kind written before markers existed (eval: template.json; download: its manifest)."""
     path = Path(path)
     with locked(path):
         recover(path)
