@@ -433,7 +433,11 @@ def test_config_file_that_is_not_utf8(tmp_path, capsys):
 
 
 def test_an_error_that_quotes_a_line_break_stays_one_line(tmp_path):
-    error = InputFormatError(tmp_path / "odd\nname.jsonl", "columns: first\nsecond")
-    assert "\n" not in str(error) and "odd\\nname.jsonl" in str(error) and "first\\nsecond" in str(error)
+    assert str(InputFormatError(tmp_path / "odd\nname.jsonl", "bad")) == f"{tmp_path}/odd\\nname.jsonl: bad"
+    table = tmp_path / "t.jsonl"
+    table.write_text(json.dumps({"first\ncolumn": "x"}) + "\n")
+    with pytest.raises(InputFormatError) as err:
+        split(convert("table", table))
+    assert "\n" not in str(err.value) and "first\\ncolumn" in str(err.value)
     _, message = describe(OSError(errno.EACCES, "Permission denied", "a\nb"))
     assert message == "a\\nb: permission denied; check the file's permissions (llmft --debug ... shows the traceback)"

@@ -7,7 +7,7 @@ class LlmftError(Exception):
 
 class InputFormatError(LlmftError):
     def __init__(self, path, what: str, line: int | None = None, offset: int | None = None):
-        where, what = one_line(str(path)), one_line(what)   # a quoted column or file name may hold a line break
+        where = one_line(str(path))      # a file name may hold a line break; `what` may list problems, one a line
         if line is not None:
             where += f", line {line}"
         if offset is not None:

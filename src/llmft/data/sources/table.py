@@ -17,7 +17,7 @@ from llmft.config import DataConfig
 from llmft.data.records import Record, Reject, stable_id
 from llmft.data.sources import rows
 from llmft.data.sources.base import SkipItem, TextFields, check_instruction, check_output
-from llmft.errors import InputFormatError, LlmftError
+from llmft.errors import InputFormatError, LlmftError, one_line
 
 SOURCE = "table"
 KEYS = ("instruction", "input", "output", "prompt", "completion", "task", "id")
@@ -143,7 +143,7 @@ def _check_columns(unit: str, mapping: dict[str, str], row: dict) -> None:
 
 
 def _names(row: dict) -> str:
-    return ", ".join(map(str, row)) or "none"
+    return ", ".join(one_line(str(name)) for name in row) or "none"   # a column name may hold a line break
 
 
 def read(path: Path | str, cfg: DataConfig | None = None) -> Iterator[Record | Reject]:
