@@ -231,9 +231,9 @@ def test_run_folder_contents(tmp_path, data_dir, llama_base):
 
 def test_invalid_config_lists_every_problem(tmp_path):
     with pytest.raises(LlmftError) as e:
-        train(TrainConfig(data="", out="", method="adapter", lr=-1.0, bf16="maybe", grad_accum=0))
+        train(TrainConfig(data="", out="", method="prefix", lr=-1.0, bf16="maybe", grad_accum=0))
     message = str(e.value)
-    for problem in ("method must be 'lora' or 'full'", "lr must be positive", "bf16 must be auto, true or false",
+    for problem in ("method must be 'lora', 'full' or 'adapter'", "lr must be positive", "bf16 must be auto, true or false",
                     "grad_accum must be positive", "data is required", "out is required"):
         assert problem in message
 
