@@ -14,6 +14,7 @@ import pytest
 from llmft.cli import main
 from llmft.cli.boundary import describe, guarded
 from llmft.config import DataConfig, load_config
+from llmft.data import convert_units
 from llmft.data import prepare as prepare_module
 from llmft.data.records import Record, Reject
 from llmft.data.sources import convert
@@ -232,7 +233,7 @@ def test_disk_full_in_a_worker_is_said_not_blamed_on_the_input(tmp_path, capsys,
     def full(self, record):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(prepare_module._UnitWriter, "record", full)
+    monkeypatch.setattr(convert_units._UnitWriter, "record", full)
     code, _, err = run_cli(capsys, "data", "prepare", "--out", tmp_path / "data", "--alpaca", path, "--workers", "1")
     line = one_error_line(err)
     assert code == 2 and "no space left on the device" in line and "cannot read" not in line

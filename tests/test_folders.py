@@ -346,11 +346,11 @@ def test_own_folder_cleans_temporaries_inside_it(tmp_path):
 
 def test_prepare_workers_die_with_a_killed_parent(tmp_path):
     """Issue 14, item 9: prepare's worker processes outlived a killed parent. The pool is built as prepare builds
-    it (spawn, die_with_parent); the worker sleeps in its task when the parent is killed."""
+    it (spawn, convert_units.die_with_parent); the worker sleeps in its task when the parent is killed."""
     child = _child("""
         import multiprocessing, os, time
         from concurrent.futures import ProcessPoolExecutor
-        from llmft.data.prepare import die_with_parent
+        from llmft.data.convert_units import die_with_parent
 
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=die_with_parent, initargs=(os.getpid(),))

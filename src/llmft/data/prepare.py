@@ -10,11 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
-from array import array
-from collections import Counter
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,247 +18,18 @@ import numpy as np
 
 from llmft.data import dedup, mixture
 from llmft.data import splits
-from llmft.data.clean import clean
-from llmft.config import DataConfig, to_dict
-from llmft.errors import LlmftError, is_disk_full, os_error_message
+from llmft.config import DataConfig
 from llmft.folders import check_not_inside, new_folder
 from llmft.io import dumps_record, progress, sha256_file
 from llmft.data.records import SOURCES as SOURCE_ORDER
-from llmft.data.records import FIELDS, NOT_UNICODE, Record, Reject, dumps_reject, has_surrogate
+from llmft.data.convert_units import (PROGRESS_EVERY, Unit, UnitResult, convert_units, list_units, read_signatures,
+                                      reject_row, shard)
+from llmft.data.manifest import NEAR_DUP_EXAMPLES, build_manifest
+from llmft.data.records import Reject
 
-FORMAT = "llmft.prepared-data/1"
-STAGES = ("convert", "clean", "dedup", "split", "decontaminate", "mix")
-STRICT_STAGES = ("convert", "clean")   # problems with the input; the later stages are deliberate policy
 EXACT_DUPLICATE = "exact duplicate"
 NEAR_DUPLICATE = "near duplicate"
-NEAR_DUP_EXAMPLES = 20
 OUTPUT_FILES = ("all.jsonl", "train.jsonl", "dev.jsonl", "test.jsonl", "rejects.jsonl")
-_PROGRESS_EVERY = 10_000
-
-
-def config_field(source: str) -> str:
-    return source.replace("-", "_")
-
-
-def source_module(source: str):
-    from llmft.data.sources import SOURCES
-
-    return SOURCES[source]
-
-
-# ---------------------------------------------------------------- units
-
-
-@dataclass(frozen=True)
-class Unit:
-    index: int
-    source: str
-    path: str
-
-
-def list_units(cfg: DataConfig) -> list[Unit]:
-    """Every file of every source: source order, then sorted path."""
-    units: list[Unit] = []
-    for source in SOURCE_ORDER:
-        paths: set[str] = set()
-        module = source_module(source)
-        for given in getattr(cfg, config_field(source)):
-            # chat and table also read hub dataset ids
-            if not Path(given).exists() and not getattr(module, "accepts_remote", lambda _: False)(given):
-                raise LlmftError(f"{given}: no such file or folder (given for {source})")
-            paths.update(str(p) for p in module.units(given, cfg))
-        units += [Unit(len(units) + i, source, p) for i, p in enumerate(sorted(paths))]
-    if not units:
-        raise LlmftError("no input files: give at least one of --alpaca, --self-instruct, "
-                         "--natural-instructions, --unnatural-instructions, --chat, --table "
-                         "(or the same keys in --config)")
-    return units
-
-
-# ---------------------------------------------------------------- stage 1: one unit in a worker
-
-
-@dataclass
-class UnitResult:
-    index: int
-    sha256: str | None          # None: a hub dataset
-    bytes: int | None
-    converted: int = 0
-    cleaned: int = 0
-    rejects: Counter = field(default_factory=Counter)      # (stage, reason) -> count
-    tasks: list[str] = field(default_factory=list)
-
-
-def shard(work: Path, index: int, kind: str) -> Path:
-    return work / f"{index:06d}.{kind}"
-
-
-def record_dict(record: Record) -> dict:
-    """The record's fields in FIELDS order, without the deep copy of dataclasses.asdict (only dumped); `messages`
-    only for a conversation, as Record.to_dict writes it (single-turn files stay as they were)."""
-    d = {name: getattr(record, name) for name in FIELDS}
-    if not record.messages:
-        del d["messages"]
-    return d
-
-
-def reject_row(stage: str, reject: Reject) -> dict:
-    return {"stage": stage, "source": reject.source, "path": reject.path, "where": reject.where,
-            "reason": reject.reason, "item": record_dict(reject.item) if isinstance(reject.item, Record) else reject.item}
-
-
-def check_strict(cfg: DataConfig, stage: str, reject: Reject, policy_reasons=frozenset()) -> None:
-    """--strict: a reject at a STRICT_STAGE is an error, except the reasons a source module declares as its
-    selection policy (`POLICY_REASONS`, e.g. a language that was not selected), which are choices, not problems."""
-    if cfg.strict and stage in STRICT_STAGES and reject.reason not in policy_reasons:
-        raise LlmftError(f"{reject.path}: {reject.where}: {reject.reason} (--strict turns every reject into an error)")
-
-
-class _UnitWriter:
-    """The shard files of one unit: converted records, cleaned records, rejects, keys and signatures."""
-
-    def __init__(self, work: Path, unit: Unit, cfg: DataConfig, result: UnitResult):
-        self.work, self.unit, self.cfg, self.result = work, unit, cfg, result
-        self.files = {kind: open(shard(work, unit.index, kind), "w", encoding="utf-8", newline="\n")
-                      for kind in ("all", "clean", "rejects")}
-        self.files["sig"] = open(shard(work, unit.index, "sig"), "wb")
-        self.exact, self.contamination = array("Q"), array("Q")
-        self.task, self.hint, self.official = array("i"), array("b"), array("b")
-        self.task_codes: dict[str, int] = {}
-        self.keyer = dedup.Keyer()
-        self.policy_reasons = frozenset(getattr(source_module(unit.source), "POLICY_REASONS", ()))
-
-    def reject(self, stage: str, reject: Reject) -> None:
-        check_strict(self.cfg, stage, reject, self.policy_reasons if stage == "convert" else frozenset())
-        self.result.rejects[(stage, reject.reason)] += 1
-        self.files["rejects"].write(dumps_reject(reject_row(stage, reject)) + "\n")
-
-    def record(self, record: Record) -> None:
-        line = dumps_record(record_dict(record)) + "\n"
-        if has_surrogate(line):     # no UTF-8 file can hold it: this item is rejected, not the whole file
-            self.reject("convert", Reject(record.source, self.unit.path, f"record {record.id}", NOT_UNICODE, record))
-            return
-        self.result.converted += 1
-        self.files["all"].write(line)
-        cleaned, reason = clean(record, self.cfg)
-        if cleaned is None:
-            self.reject("clean", Reject(record.source, self.unit.path, f"record {record.id}", reason, record))
-            return
-        self.result.cleaned += 1
-        self.files["clean"].write(line if cleaned is record else dumps_record(record_dict(cleaned)) + "\n")
-        exact, contamination, signature = self.keyer.keys(cleaned)
-        self.exact.append(exact)
-        self.contamination.append(contamination)
-        self.task.append(self.task_codes.setdefault(cleaned.task, len(self.task_codes)))
-        self.hint.append(splits.hint_code(cleaned.meta.get("split_hint")))
-        self.official.append(bool(cleaned.meta.get("official_eval", False)))
-        self.files["sig"].write(signature.tobytes())
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-    def save_keys(self) -> None:
-        signatures = read_signatures(shard(self.work, self.unit.index, "sig"), self.result.cleaned)
-        np.savez(shard(self.work, self.unit.index, "keys.npz"),
-                 bands=dedup.band_hashes(signatures, *dedup.lsh_params(self.cfg.near_dedup_threshold)),
-                 exact=np.frombuffer(self.exact, dtype=np.uint64),
-                 contamination=np.frombuffer(self.contamination, dtype=np.uint64),
-                 task=np.frombuffer(self.task, dtype=np.int32), hint=np.frombuffer(self.hint, dtype=np.int8),
-                 official=np.frombuffer(self.official, dtype=np.int8).astype(bool))
-        self.result.tasks = list(self.task_codes)
-
-
-def process_unit(unit: Unit, cfg: DataConfig, work: Path) -> UnitResult:
-    """Convert, clean and key one unit file. Errors come back as LlmftError naming the file (picklable)."""
-    path = Path(unit.path)
-    try:
-        result = UnitResult(unit.index, *input_fingerprint(unit))
-        writer = _UnitWriter(work, unit, cfg, result)
-        try:
-            for item in source_module(unit.source).read(unit.path, cfg):
-                if isinstance(item, Reject):
-                    writer.reject("convert", item)
-                else:
-                    writer.record(item)
-        finally:
-            writer.close()
-        writer.save_keys()
-        return result
-    except LlmftError as e:
-        raise LlmftError(str(e)) from None
-    except OSError as e:         # a full disk is said to be one, not blamed on the input
-        raise LlmftError(os_error_message(e, where=work if is_disk_full(e) else path)) from None
-    except RecursionError:
-        raise LlmftError(f"{path}: {unit.source} data nested too deeply to read") from None
-    except MemoryError:
-        raise LlmftError(f"{path}: out of memory reading {unit.source} data; lower max_line_bytes or "
-                         "split the file") from None
-    except ValueError as e:
-        raise LlmftError(f"{path}: cannot read {unit.source} data ({type(e).__name__}: {e})") from None
-
-
-def input_fingerprint(unit: Unit) -> tuple[str | None, int | None]:
-    """(sha256, bytes) of a unit file; a source that reads folders or hub ids says what it can."""
-    fingerprint = getattr(source_module(unit.source), "fingerprint", None)
-    if fingerprint is not None:
-        return fingerprint(unit.path)
-    return sha256_file(unit.path), Path(unit.path).stat().st_size
-
-
-def resolve_workers(cfg: DataConfig, n_units: int) -> int:
-    workers = cfg.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    return max(1, min(workers or 1, n_units))
-
-
-def convert_units(units: list[Unit], cfg: DataConfig, work: Path) -> list[UnitResult]:
-    workers = resolve_workers(cfg, len(units))
-    bar = progress(total=len(units), desc="convert", unit="file")
-    try:
-        if workers == 1:
-            results = []
-            for unit in units:
-                results.append(process_unit(unit, cfg, work))
-                bar.update(1)
-            return results
-        return _convert_in_pool(units, cfg, work, workers, bar)
-    finally:
-        bar.close()
-
-
-def _convert_in_pool(units, cfg, work, workers, bar) -> list[UnitResult]:
-    import multiprocessing
-
-    # spawn: workers start clean whatever the parent has loaded (threads, torch)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-        pending = {pool.submit(process_unit, unit, cfg, work) for unit in units}
-        results: dict[int, UnitResult] = {}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()
-                result = future.result()
-                results[result.index] = result
-                bar.update(1)
-    return [results[u.index] for u in units]
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Worker initializer: the kernel kills this worker when the parent dies (Linux PR_SET_PDEATHSIG), so a killed
-    `prepare` leaves no workers converting on."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:     # the parent died before the line above took effect
-        os._exit(1)
 
 
 # ---------------------------------------------------------------- per-record arrays
@@ -314,12 +81,6 @@ def join_signatures(units: list[Unit], work: Path, n: int) -> np.ndarray:
                 shutil.copyfileobj(f, out, 1 << 20)
             os.unlink(shard(work, unit.index, "sig"))
     return read_signatures(path, n)
-
-
-def read_signatures(path: Path, n: int) -> np.ndarray:
-    if n == 0:
-        return np.empty((0, 2 * dedup.NUM_PERM), dtype=np.uint32)
-    return np.memmap(path, dtype=np.uint32, mode="r", shape=(n, 2 * dedup.NUM_PERM))
 
 
 # ---------------------------------------------------------------- stages 3-5 on arrays
@@ -417,10 +178,10 @@ def write_splits(units: list[Unit], work: Path, out: Path, the_plan: Plan, wante
                     if i in wanted:
                         wanted[i] = json.loads(line)
                     i += 1
-                    if i % _PROGRESS_EVERY == 0:
-                        bar.update(_PROGRESS_EVERY)
+                    if i % PROGRESS_EVERY == 0:
+                        bar.update(PROGRESS_EVERY)
             os.unlink(shard(work, unit.index, "clean"))
-        bar.update(i % _PROGRESS_EVERY)
+        bar.update(i % PROGRESS_EVERY)
     finally:
         bar.close()
         rejects.close()
@@ -440,123 +201,6 @@ def join_unit_rejects(units: list[Unit], work: Path, out: Path) -> None:
             with open(shard(work, unit.index, "rejects"), "rb") as f:
                 shutil.copyfileobj(f, target, 1 << 20)
             os.unlink(shard(work, unit.index, "rejects"))
-
-
-# ---------------------------------------------------------------- manifest
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for name in ("llmft", "numpy", "datasketch"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def extra_inputs(units: list[Unit]) -> list[dict]:
-    """Files a source reads besides its units (natural-instructions split lists)."""
-    folders = set()
-    for unit in units:
-        finder = getattr(source_module(unit.source), "splits_folder", None)
-        folder = finder(Path(unit.path)) if finder else None
-        if folder is not None:
-            folders.add(folder)
-    files = sorted(p for folder in folders for p in Path(folder).glob("*.txt") if p.is_file())
-    return [{"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files]
-
-
-def _near_examples(near: dedup.NearDuplicates, records: dict[int, dict]) -> list[dict]:
-    def brief(rec: dict) -> dict:
-        return {"id": rec["id"], "instruction": rec["instruction"][:200], "input": rec["input"][:200],
-                "output": rec["output"][:200]}
-
-    return [{"kept": brief(records[int(k)]), "duplicate": brief(records[int(d)]),
-             "io_similarity": round(float(io), 4), "instruction_similarity": round(float(ins), 4)}
-            for d, k, io, ins in list(zip(near.duplicate, near.kept, near.io_similarity,
-                                          near.instruction_similarity))[:NEAR_DUP_EXAMPLES]]
-
-
-def build_manifest(cfg: DataConfig, units: list[Unit], results: list[UnitResult], cols: Columns, the_plan: Plan,
-                   source_names: list[str], outputs: dict, example_records: dict[int, dict]) -> dict:
-    by_stage: dict[str, Counter] = {stage: Counter() for stage in STAGES}
-    for result in results:
-        for (stage, reason), count in result.rejects.items():
-            by_stage[stage][reason] += count
-    decision = the_plan.decision
-    for i, (stage, reason) in enumerate(the_plan.reasons):
-        count = int((decision == len(splits.SPLITS) + i).sum())
-        if count:
-            by_stage[stage][reason] += count
-
-    converted = sum(r.converted for r in results)
-    kept = int((decision < len(splits.SPLITS)).sum())
-    deduplicated = sum(by_stage["dedup"].values())
-    rejected = sum(sum(by_stage[s].values()) for s in ("clean", "split", "decontaminate", "mix"))
-    assert converted == kept + rejected + deduplicated, (converted, kept, rejected, deduplicated)
-    by_reason = Counter()
-    for stage in STAGES:
-        by_reason.update(by_stage[stage])
-
-    bands, rows = dedup.lsh_params(cfg.near_dedup_threshold)
-    config = {k: v for k, v in to_dict(cfg).items() if k != "workers"}  # workers never change the output
-    return {
-        "format": FORMAT,
-        "identity": f"converted {converted} = kept {kept} + rejected {rejected} + deduplicated {deduplicated}",
-        "counts": {
-            "converted": converted, "kept": kept, "rejected": rejected, "deduplicated": deduplicated,
-            "raw_items_rejected": sum(by_stage["convert"].values()),
-            "splits": {name: int((decision == s).sum()) for s, name in enumerate(splits.SPLITS)},
-            "by_source": _counts_by_source(results, units, cols, decision, source_names),
-            "by_task": _counts_by_task(cols, decision),
-        },
-        "rejects": {
-            "total": sum(by_reason.values()),
-            "by_stage": {stage: dict(sorted(by_stage[stage].items())) for stage in STAGES},
-            "by_reason": dict(sorted(by_reason.items())),
-        },
-        "near_duplicates": {
-            "found": int(the_plan.near.mask.sum()), "removed": bool(cfg.near_dedup),
-            "threshold": cfg.near_dedup_threshold, "num_perm": dedup.NUM_PERM, "bands": bands, "rows": rows,
-            "shingle_words": dedup.SHINGLE_WORDS, "examples": _near_examples(the_plan.near, example_records),
-        },
-        "mixture": the_plan.mixture,
-        "inputs": [{"source": u.source, "path": u.path, "sha256": r.sha256, "bytes": r.bytes,
-                    "converted": r.converted, "raw_items_rejected": sum(r.rejects[k] for k in r.rejects
-                                                                        if k[0] == "convert")}
-                   for u, r in zip(units, results)],
-        "extra_inputs": extra_inputs(units),
-        "outputs": outputs,
-        "seed": cfg.seed,
-        "config": config,
-        "versions": package_versions(),
-    }
-
-
-def _counts_by_source(results, units, cols: Columns, decision, source_names) -> dict:
-    out = {}
-    for code, source in enumerate(source_names):
-        mine = cols.source == code
-        converted = sum(r.converted for r, u in zip(results, units) if u.source == source)
-        if not converted and not mine.any():
-            continue
-        out[source] = {"converted": converted,
-                       **{name: int((mine & (decision == s)).sum()) for s, name in enumerate(splits.SPLITS)}}
-    return out
-
-
-def _counts_by_task(cols: Columns, decision) -> dict:
-    out: dict[str, dict] = {}
-    for s, name in enumerate(splits.SPLITS):
-        per_task = np.bincount(cols.task[decision == s], minlength=len(cols.task_names))
-        for code in np.flatnonzero(per_task):
-            entry = out.setdefault(cols.task_source[code], {}).setdefault(
-                cols.task_names[code], {k: 0 for k in splits.SPLITS})
-            entry[name] = int(per_task[code])
-    return {source: dict(sorted(tasks.items())) for source, tasks in sorted(out.items())}
 
 
 # ---------------------------------------------------------------- the whole run
@@ -599,3 +243,4 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
 def _count_lines(path: Path) -> int:
     with open(path, "rb") as f:
         return sum(1 for _ in f)
+
