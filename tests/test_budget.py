@@ -19,7 +19,8 @@ def test_fit_steps_gives_training_what_is_left():
     assert fit.reserve_s == 36.0
     assert fit.steps == 70 and fit.train_s == 560.0 and not fit.capped_by_epochs
     assert fit.to_dict() == {"steps": 70, "budget_s": 900, "spent_s": 60, "eval_s": 200, "train_overhead_s": 40,
-                             "reserve_s": 36.0, "step_s": 8.0, "train_s": 560.0, "capped_by_epochs": False}
+                             "reserve_s": 36.0, "step_s": 8.0, "train_s": 560.0, "capped_by_epochs": False,
+                             "over_budget": False}
 
 
 def test_fit_steps_slower_machine_fewer_steps_and_minimum_reserve():
@@ -251,3 +252,12 @@ def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tok
     assert generation.decode_probe_batch == 4
     assert generation.prefill_probe_tokens == sum(lengths[i] for i in budget.median_prompts(lengths, 3))
     assert generation.prefill_tokens_per_s > 0 and generation.decode_step_s >= 0
+
+
+def test_floor_steps_train_over_budget_instead_of_failing():
+    fit = budget.fit_steps(budget_s=300, spent_s=100, step_s=9.0, eval_s=180, train_overhead_s=5, floor_steps=30,
+                           max_steps=120)
+    assert fit.steps == 30 and fit.over_budget
+    roomy = budget.fit_steps(budget_s=900, spent_s=0, step_s=1.0, eval_s=0, reserve_s=0, max_steps=120,
+                             floor_steps=30)
+    assert roomy.steps == 120 and not roomy.over_budget

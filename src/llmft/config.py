@@ -262,11 +262,15 @@ class RunConfig:
     demo_instances: int = 60                # instances per demo task type (used when no real dataset is given)
     demo_seed: int = 0
     budget_minutes: float = 0.0             # > 0: fit train.max_steps to this wall time from measured throughput
+    budget_min_steps: int = 0               # with a budget: train at least this many steps, over budget if need be
+                                            # (0: refuse a budget that leaves no step)
 
     def validate(self) -> list[str]:
         problems = []
         if self.demo_instances < 1:
             problems.append(f"demo_instances must be at least 1, got {self.demo_instances}")
+        if self.budget_min_steps < 0:
+            problems.append(f"budget_min_steps must be >= 0, got {self.budget_min_steps}")
         if self.budget_minutes < 0:
             problems.append(f"budget_minutes must be >= 0 (0: no budget), got {self.budget_minutes}")
         return problems

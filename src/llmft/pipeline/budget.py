@@ -56,6 +56,7 @@ class StepFit:
     step_s: float            # measured seconds per optimizer step
     train_s: float           # what the fitted steps should take
     capped_by_epochs: bool
+    over_budget: bool = False    # fewer than `floor_steps` fitted: the floor is trained anyway
 
     def to_dict(self) -> dict:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
@@ -66,9 +67,10 @@ def reserve_seconds(budget_s: float) -> float:
 
 
 def fit_steps(*, budget_s: float, spent_s: float, step_s: float, eval_s: float, train_overhead_s: float = 0.0,
-              reserve_s: float | None = None, max_steps: int | None = None, min_steps: int = 1) -> StepFit:
-    """The most optimizer steps that fit in what the budget leaves for training; an error naming every share when
-    not even `min_steps` fit."""
+              reserve_s: float | None = None, max_steps: int | None = None, min_steps: int = 1,
+              floor_steps: int = 0) -> StepFit:
+    """The most optimizer steps that fit in what the budget leaves for training; when fewer than `floor_steps` fit,
+    `floor_steps` (marked over budget); else an error naming every share when not even `min_steps` fit."""
     if step_s <= 0:
         raise ValueError(f"step_s must be positive, got {step_s}")
     reserve = reserve_seconds(budget_s) if reserve_s is None else reserve_s
@@ -77,6 +79,9 @@ def fit_steps(*, budget_s: float, spent_s: float, step_s: float, eval_s: float, 
     capped = max_steps is not None and steps > max_steps
     if capped:
         steps = max_steps
+    over = steps < floor_steps
+    if over:
+        steps = floor_steps if max_steps is None else min(floor_steps, max_steps)
     if steps < min_steps:
         raise LlmftError(
             f"the budget of {budget_s / 60:.1f} min leaves {max(left, 0):.0f} s for training, less than "
@@ -84,7 +89,8 @@ def fit_steps(*, budget_s: float, spent_s: float, step_s: float, eval_s: float, 
             f"estimated {eval_s:.0f} s, training setup {train_overhead_s:.0f} s, reserve {reserve:.0f} s. Raise "
             f"--budget-minutes, or evaluate less (data.test_instances_per_task, eval.max_new_tokens)")
     return StepFit(steps=steps, budget_s=budget_s, spent_s=spent_s, eval_s=eval_s, train_overhead_s=train_overhead_s,
-                   reserve_s=reserve, step_s=step_s, train_s=steps * step_s, capped_by_epochs=capped)
+                   reserve_s=reserve, step_s=step_s, train_s=steps * step_s, capped_by_epochs=capped,
+                   over_budget=over)
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -315,7 +321,7 @@ def measure_and_fit(recipe, data_dir: Path, spent_s: float) -> dict:
     per_task, indices, eval_s = choose_eval_size(inputs["tasks"], estimate, EVAL_SHARE * left)
     cap = step_cap(recipe.train, training.steps_per_epoch)
     fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=training.step_s, eval_s=eval_s,
-                    train_overhead_s=overhead_s, max_steps=cap)
+                    train_overhead_s=overhead_s, max_steps=cap, floor_steps=recipe.run.budget_min_steps)
     given = max(Counter(inputs["tasks"]).values())
     return {"budget_minutes": recipe.run.budget_minutes, "max_steps": fit.steps, "fit": fit.to_dict(),
             "training": training.to_dict(), "generation": generation.to_dict(),
@@ -364,7 +370,8 @@ def describe(result: dict) -> str:
            if result["eval_per_task"] < result["eval_per_task_prepared"] else "")
     return (f"[budget] {result['budget_minutes']:g} min: {fit['steps']} steps x {fit['step_s']:.1f} s "
             f"({training['tokens_per_s']:.0f} tokens/s) = {fit['train_s'] / 60:.1f} min of training"
-            f"{' (capped by the recipe)' if fit['capped_by_epochs'] else ''}; spent {fit['spent_s']:.0f} s; "
+            f"{' (capped by the recipe)' if fit['capped_by_epochs'] else ''}"
+            f"{' (the minimum of budget_min_steps: this machine is too slow or too busy for the budget)' if fit.get('over_budget') else ''}; spent {fit['spent_s']:.0f} s; "
             f"evaluation: the first {result['eval_per_task']} of each of {result['eval_tasks']} tasks{cut} = "
             f"{result['eval_records']} records, estimated {fit['eval_s']:.0f} s "
             f"(prefill {generation['prefill_tokens_per_s']:.0f} tokens/s, decode {generation['decode_step_s']:.2f} "
