@@ -19,14 +19,14 @@ def shorten_step(short_step: int) -> None:
     llmft.training.trainer.step_micro_batches = plan
 
 
-def cpu_fsdp2_accelerator():
+def cpu_fsdp2_accelerator(log_with=None):
     """Accelerate 1.15 turns FSDP on only for accelerator devices (its MULTI_CPU state ignores ACCELERATE_USE_FSDP
     and an FSDP plugin), yet torch's FSDP2 (`fully_shard`) runs on CPU with gloo. So this sets the state by hand: a
     test-only way to run train.py's FSDP path (sharded prepare, gathered checkpoints and final weights) on CPU."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    acc = Accelerator(cpu=True)
+    acc = Accelerator(cpu=True, log_with=log_with)
     acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(
         fsdp_version=2, auto_wrap_policy="transformer_based_wrap", state_dict_type="FULL_STATE_DICT",
         cpu_ram_efficient_loading=False)
