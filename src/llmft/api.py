@@ -43,25 +43,21 @@ def evaluate(run_dir: str | Path, config=None, **kwargs) -> dict:
 
 
 def generate(run_dir: str | Path, instructions: list[str] | list[dict], *, adapter: bool = True,
-             **options) -> list[str]:
+             trust_remote_code: bool = False, **options) -> list[str]:
     """Answers of a run's model, prompted with the template it was trained with. `instructions`: strings, or
     records ({"instruction", "input"} or {"prompt"}). Options: `GenerationOptions` (max_new_tokens, do_sample,
     temperature, top_p, top_k, seed, batch_size); greedy by default."""
     from llmft.errors import LlmftError
-    from llmft.evaluation.generate import GenerationOptions, as_record, run_prompts, to_inference_device
-    from llmft.evaluation.generate import generate as generate_text
-    from llmft.training.model import load_run_model, load_template
+    from llmft.evaluation.generate import GenerationOptions, generate_for_rows, load_for_generation
 
     opts = GenerationOptions(**options)
     problems = opts.validate()
     if problems:
         raise LlmftError("; ".join(problems))
-    model, tokenizer = load_run_model(Path(run_dir), adapter=adapter)
-    info = getattr(model, "llmft_template", None) or load_template(run_dir)
+    model, tokenizer, info = load_for_generation(Path(run_dir), adapter=adapter,
+                                                 trust_remote_code=trust_remote_code)
     rows = [{"instruction": x} if isinstance(x, str) else x for x in instructions]
-    records = [as_record(row, n) for n, row in enumerate(rows, 1)]
-    return generate_text(to_inference_device(model), tokenizer, run_prompts(records, tokenizer, info), opts,
-                         template=info["template"])
+    return generate_for_rows(model, tokenizer, info, rows, opts)[1]
 
 
 def merge(run_dir: str | Path, *, out: str | Path, dtype: str = "float32") -> Path:

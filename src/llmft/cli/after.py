@@ -107,8 +107,7 @@ def _register_generate(sub) -> None:
 def _generate(args) -> int:
     from llmft import io
     from llmft.api import tune_cpu
-    from llmft.evaluation.generate import as_record, generate, run_prompts, to_inference_device
-    from llmft.training.model import load_run_model
+    from llmft.evaluation.generate import generate_for_rows, load_for_generation
 
     if args.input and not args.instruction:
         raise LlmftError("--input goes with --instruction")
@@ -118,28 +117,19 @@ def _generate(args) -> int:
         check_new_file(args.out, args.overwrite)     # before the model loads, not after generating
     options = _options(args)
     tune_cpu()
-    model, tokenizer = load_run_model(_run_dir(args.run_dir), adapter=not args.no_adapter,
-                                      trust_remote_code=args.trust_remote_code)
-    info = _template_info(model, args.run_dir)
-    model = to_inference_device(model)
+    model, tokenizer, info = load_for_generation(_run_dir(args.run_dir), adapter=not args.no_adapter,
+                                                 trust_remote_code=args.trust_remote_code)
     if args.instruction is not None:
-        records = [as_record({"instruction": args.instruction, "input": args.input})]
+        rows = [{"instruction": args.instruction, "input": args.input}]
     else:
-        records = [as_record(row, n) for n, row in enumerate(io.read_jsonl(args.file), 1)]
-    predictions = generate(model, tokenizer, run_prompts(records, tokenizer, info), options,
-                           template=info["template"])
+        rows = list(io.read_jsonl(args.file))
+    records, predictions = generate_for_rows(model, tokenizer, info, rows, options)
     if args.instruction is not None:
         lines = [predictions[0]]
     else:
         lines = [io.dumps_record({"id": r["id"], "prediction": p}) for r, p in zip(records, predictions)]
     _emit(lines, args.out)
     return 0
-
-
-def _template_info(model, run_dir) -> dict:
-    from llmft.training.model import load_template
-
-    return getattr(model, "llmft_template", None) or load_template(run_dir)
 
 
 def _emit(lines: list[str], out: str | None) -> None:
@@ -164,15 +154,13 @@ def _register_chat(sub) -> None:
 
 def _chat(args) -> int:
     from llmft.api import tune_cpu
-    from llmft.evaluation.generate import chat_loop, to_inference_device
-    from llmft.training.model import load_run_model
+    from llmft.evaluation.generate import chat_loop, load_for_generation
 
     options = _options(args)
     tune_cpu()
-    model, tokenizer = load_run_model(_run_dir(args.run_dir), trust_remote_code=args.trust_remote_code)
-    info = _template_info(model, args.run_dir)
+    model, tokenizer, info = load_for_generation(_run_dir(args.run_dir), trust_remote_code=args.trust_remote_code)
     read = input if sys.stdin.isatty() else (lambda _prompt: _read_line())
-    chat_loop(to_inference_device(model), tokenizer, info, options, read=read)
+    chat_loop(model, tokenizer, info, options, read=read)
     return 0
 
 

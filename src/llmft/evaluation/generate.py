@@ -193,6 +193,24 @@ def as_record(row: dict, number: int = 1) -> dict:
             "references": row.get("references") or [], "meta": row.get("meta") or {}}
 
 
+def load_for_generation(run_dir, *, adapter: bool = True, trust_remote_code: bool = False):
+    """(model on the inference device, tokenizer, template info) of a run: what `llmft generate`, `llmft chat` and
+    `llmft.generate` start from."""
+    from llmft.training.model import load_run_model, load_template
+
+    model, tokenizer = load_run_model(run_dir, adapter=adapter, trust_remote_code=trust_remote_code)
+    info = getattr(model, "llmft_template", None) or load_template(run_dir)
+    return to_inference_device(model), tokenizer, info
+
+
+def generate_for_rows(model, tokenizer, info: dict, rows: Sequence[dict],
+                      options: GenerationOptions) -> tuple[list[dict], list[str]]:
+    """The rows as records (`as_record`) and their completions under the run's template."""
+    records = [as_record(row, n) for n, row in enumerate(rows, 1)]
+    return records, generate(model, tokenizer, run_prompts(records, tokenizer, info), options,
+                             template=info["template"])
+
+
 def run_prompts(records: Sequence[dict], tokenizer, info: dict) -> list[str]:
     """Prompts rendered with the template the run was trained with (template.json), so inference matches."""
     from llmft.data.prompts import render
