@@ -330,18 +330,31 @@ def check_failure(code: int, err: str, written: Written, inputs: Path) -> None:
         assert f"line {written.first_bad_line}:" in lines[0], (lines[0], written.first_bad_line)
 
 
-def fuzz_convert(source: str, data) -> None:
-    cfg = DataConfig(reformulations=data.draw(st.booleans()))
+@contextlib.contextmanager
+def fuzzed_workspace(source: str, data, cfg: DataConfig, out_name: str):
+    """A temporary folder holding one fuzzed input under in/; yields (inputs, out, written) and, afterwards,
+    asserts that nothing outside `out` changed."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        inputs, out = tmp / "in", tmp / "out"
+        inputs, out = tmp / "in", tmp / out_name
         inputs.mkdir()
         written = data.draw(fuzzed_input(source, inputs, cfg))
         before = snapshot(tmp, out)
-        argv = ["data", "convert", source, written.given, "--out", out / "records.jsonl"]
-        code, stdout, err = run_cli(argv + (["--reformulations"] if cfg.reformulations else []))
-        event(f"exit {code}")
+        yield inputs, out, written
         assert snapshot(tmp, out) == before, "a file outside --out changed"
+
+
+def run_fuzzed(argv: list) -> tuple[int, str, str]:
+    code, stdout, err = run_cli(argv)
+    event(f"exit {code}")
+    return code, stdout, err
+
+
+def fuzz_convert(source: str, data) -> None:
+    cfg = DataConfig(reformulations=data.draw(st.booleans()))
+    with fuzzed_workspace(source, data, cfg, "out") as (inputs, out, written):
+        argv = ["data", "convert", source, written.given, "--out", out / "records.jsonl"]
+        code, stdout, err = run_fuzzed(argv + (["--reformulations"] if cfg.reformulations else []))
         if code != 0:
             assert not (written.valid and written.expected is not None), f"a valid file was refused: {err}"
             check_failure(code, err, written, inputs)
@@ -359,16 +372,8 @@ def fuzz_convert(source: str, data) -> None:
 
 
 def fuzz_prepare(source: str, data) -> None:
-    cfg = DataConfig()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        inputs, out = tmp / "in", tmp / "data"
-        inputs.mkdir()
-        written = data.draw(fuzzed_input(source, inputs, cfg))
-        before = snapshot(tmp, out)
-        code, _, err = run_cli(["data", "prepare", "--out", out, f"--{source}", written.given, "--workers", "1"])
-        event(f"exit {code}")
-        assert snapshot(tmp, out) == before, "a file outside --out changed"
+    with fuzzed_workspace(source, data, DataConfig(), "data") as (inputs, out, written):
+        code, _, err = run_fuzzed(["data", "prepare", "--out", out, f"--{source}", written.given, "--workers", "1"])
         if code != 0:
             assert not (written.valid and written.expected is not None), f"a valid file was refused: {err}"
             check_failure(code, err, written, inputs)
