@@ -29,7 +29,7 @@ def test_forced_settings_win_without_measuring(fake_probe):
     script, calls = fake_probe
     script(100.0, 1.0)
     assert cpu.choose_compute_dtype("true", CPU).to_dict() == {"bf16": True, "reason": "forced", "rates": None}
-    assert cpu.resolve_bf16("false", CPU) is False and calls == []
+    assert cpu.choose_compute_dtype("false", CPU).bf16 is False and calls == []
 
 
 @pytest.mark.parametrize("fp32, bf16, expected", [

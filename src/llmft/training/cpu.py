@@ -40,10 +40,6 @@ class DtypeChoice:
         return dataclasses.asdict(self)
 
 
-def resolve_bf16(setting: str, device: torch.device) -> bool:
-    return choose_compute_dtype(setting, device).bf16
-
-
 def choose_compute_dtype(setting: str, device: torch.device) -> DtypeChoice:
     """`--bf16 true|false` wins; on CUDA, bf16 where the GPU supports it; on the CPU, bf16 only when its matmul
     kernels really run faster than fp32 here (a short probe, cached per machine and ISA setting). A CPU flag is not
