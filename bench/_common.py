@@ -12,6 +12,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "BENCHMARKS.md"
 
+# Environment variables that cap the kernels torch may use, so one machine stands in for CPUs with less (issue 15):
+# an AVX-512 BF16 CPU without AMX, and an AVX2 laptop (fp32 matmuls go through MKL, so all three variables).
+ISA_SETTINGS = {
+    "native": {},
+    "avx512-bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+}
+ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
+def isa_env(base: dict, setting: str) -> dict:
+    """`base` with the ISA caps of `setting` in place of any it had."""
+    env = {k: v for k, v in base.items() if k not in ISA_VARIABLES}
+    env.update(ISA_SETTINGS[setting])
+    return env
+
 
 def cpu_model() -> str:
     try:

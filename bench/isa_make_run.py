@@ -34,19 +34,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, cpu_flags, cpu_model, loadavg  # noqa: E402
-
-SETTINGS = {
-    "native": {},
-    "avx512-bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
-}
-ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+from _common import ISA_SETTINGS as SETTINGS  # noqa: E402
+from _common import REPO, cpu_flags, cpu_model, isa_env, loadavg  # noqa: E402
 
 
 def setting_env(name: str, cache: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ISA_VARIABLES}
-    env.update(SETTINGS[name])
+    env = isa_env(dict(os.environ), name)
     env.update({"LLMFT_CACHE": str(cache), "LLMFT_NO_PROGRESS": "1"})
     return env
 
