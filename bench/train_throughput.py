@@ -3,11 +3,18 @@
     .venv/bin/python bench/train_throughput.py                          # first 400 Alpaca records, all contenders
     .venv/bin/python bench/train_throughput.py --records all            # the whole 2,000-record sample (~40 min TRL)
     .venv/bin/python bench/train_throughput.py --records 40 --contenders llmft --no-write
+    .venv/bin/python bench/train_throughput.py --isa avx2 --records 40    # one invocation per ISA setting
 
 The work: the embedded SmolLM2-135M (`llmft.training.model.resolve_model("smollm2-135m")`), the first N records that
 `llmft.data.sources` keeps from the Alpaca sample, rendered with the alpaca template by `llmft.data.prompts.render` (TRL gets
 them as a prompt-completion dataset, completion-only loss), LoRA r=16 alpha=32 dropout 0.0 (`--lora-dropout`) on all linear layers,
-bf16 (base weights in bf16, adapters fp32, autocast), max length 512, one epoch, AdamW lr 2e-4 cosine, 3% warm-up.
+max length 512, one epoch, AdamW lr 2e-4 cosine, 3% warm-up.
+
+ISA (`--isa native|avx512-bf16|avx2`): the children run under that setting's kernel caps (bench/_common.ISA_SETTINGS),
+so one machine stands in for a CPU without AMX or without AVX-512. Dtype (`--dtype auto`, the default): each
+contender trains in its own faster dtype on this ISA: llmft makes its own choice (`--bf16 auto`: its matmul probe),
+TRL gets bf16 (bf16 weights, `bf16=True`) when the child's bf16 matmul peak beats its fp32 one, else fp32;
+`--dtype bf16|fp32` forces one for all.
 
 Batches: llmft packs examples into micro-batches of at most 4,096 tokens (batch_tokens=4096 = 8 x max_length; on
 CPU train.py runs each as rows of at most max_length, since masked attention costs the square of a row); TRL padding
@@ -21,7 +28,12 @@ model loading and tokenization, which are reported separately as the process's t
 
 MFU: 4 N FLOPs per real token (forward 2N + backward through the activations 2N; the frozen weights get no weight
 gradient, the LoRA weight gradients are ~0.5% and attention scores are not counted), N = every parameter (frozen +
-LoRA, the tied embedding once), against the best bf16 2048^3 matmul measured in the same child just before training.
+LoRA, the tied embedding once), against the best 2048^3 matmul of the dtype the contender trains in, measured in
+the same child just before training.
+
+Results: one `## Training throughput, ISA <setting> (<CPU>)` section per setting in BENCHMARKS.md, and a row per
+invocation in bench/results/train_throughput.jsonl, from which the summary table (one row per machine and setting,
+the latest) at the top of `## Training throughput` is drawn.
 """
 from __future__ import annotations
 
@@ -41,6 +53,8 @@ import _common  # noqa: E402
 # process would; the llmft child gets what llmft's command line adds (GOMP_SPINCOUNT).
 USER_ENV = dict(os.environ)
 SECTION = "## Training throughput"
+RESULTS = _common.REPO / "bench" / "results" / "train_throughput.jsonl"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- train throughput summary: begin -->", "<!-- train throughput summary: end -->"
 ALPACA = _common.REPO.parent / "shared" / "fixtures" / "raw" / "alpaca" / "alpaca_data.json"
 CONTENDERS = ("llmft", "trl-padding", "trl-packing")
 DEFAULT_RECORDS = 400
@@ -83,10 +97,18 @@ def child_start(threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    return {"threads": threads, "load_start": _common.loadavg(), "bf16_gflops": _common.matmul_gflops()}
+    return {"threads": threads, "load_start": _common.loadavg(), "isa": torch.backends.cpu.get_cpu_capability(),
+            "isa_env": {k: os.environ[k] for k in _common.ISA_VARIABLES if k in os.environ},
+            "bf16_gflops": _common.matmul_gflops(dtype="bfloat16"),
+            "fp32_gflops": _common.matmul_gflops(dtype="float32")}
 
 
-def run_llmft(work: Path, threads: int, row_tokens: int = 0) -> dict:
+def with_dtype(info: dict, bf16: bool) -> dict:
+    """The dtype a contender trains in and the matmul peak of that dtype (MFU's denominator)."""
+    return {**info, "dtype": "bf16" if bf16 else "fp32", "peak_gflops": info["bf16_gflops" if bf16 else "fp32_gflops"]}
+
+
+def run_llmft(work: Path, threads: int, row_tokens: int = 0, dtype: str = "auto") -> dict:
     from llmft.config import TrainConfig
     from llmft.training.plan import row_cap
     from llmft.training.trainer import Trainer
@@ -97,13 +119,14 @@ def run_llmft(work: Path, threads: int, row_tokens: int = 0) -> dict:
                       lora_r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                       lora_targets="all-linear", template="alpaca", max_length=MAX_LENGTH, packing=True,
                       batch_tokens=SEQUENCES_PER_STEP * MAX_LENGTH, grad_accum=1, epochs=1.0, lr=LR,
-                      warmup_ratio=WARMUP, bf16="true", eval_every=0, save_every=0, dev_limit=0, seed=SEED,
+                      warmup_ratio=WARMUP, bf16={"auto": "auto", "bf16": "true", "fp32": "false"}[dtype], eval_every=0, save_every=0, dev_limit=0, seed=SEED,
                       row_tokens=row_tokens)
     from llmft.training.cpu import keep_freed_memory_in_heap
 
     keep_freed_memory_in_heap()      # what the llmft CLI does before training (threads are set by child_start)
     trainer = Trainer(cfg)
     trainer.setup()
+    info = with_dtype(info, trainer.bf16)
     start, cpu_start = time.perf_counter(), time.process_time()
     summary = trainer.fit()
     loop_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
@@ -118,7 +141,7 @@ def run_llmft(work: Path, threads: int, row_tokens: int = 0) -> dict:
             "load_end": _common.loadavg(), "peak_rss_mb": _common.peak_rss_mb()}
 
 
-def run_trl(work: Path, threads: int, packing: bool, grad_checkpointing: bool) -> dict:
+def run_trl(work: Path, threads: int, packing: bool, grad_checkpointing: bool, dtype: str = "auto") -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -129,6 +152,8 @@ def run_trl(work: Path, threads: int, packing: bool, grad_checkpointing: bool) -
     from llmft.training.model import resolve_model
 
     info = child_start(threads)
+    bf16 = info["bf16_gflops"] > info["fp32_gflops"] if dtype == "auto" else dtype == "bf16"
+    info = with_dtype(info, bf16)
     folder = resolve_model(MODEL)
     rows = list(io.read_jsonl(work / "trl-prompt-completion.jsonl"))
     dataset = Dataset.from_list(rows)
@@ -137,10 +162,10 @@ def run_trl(work: Path, threads: int, packing: bool, grad_checkpointing: bool) -
         tokenizer.pad_token = tokenizer.eos_token
     args = SFTConfig(
         output_dir=str(work / ("trl-packing" if packing else "trl-padding")), max_length=MAX_LENGTH,
-        packing=packing, completion_only_loss=True, bf16=True, use_cpu=True,
+        packing=packing, completion_only_loss=True, bf16=bf16, use_cpu=True,
         per_device_train_batch_size=SEQUENCES_PER_STEP, gradient_accumulation_steps=1, num_train_epochs=1,
         learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=WARMUP, weight_decay=0.0, max_grad_norm=1.0,
-        gradient_checkpointing=grad_checkpointing, model_init_kwargs={"dtype": "bfloat16"},
+        gradient_checkpointing=grad_checkpointing, model_init_kwargs={"dtype": "bfloat16" if bf16 else "float32"},
         logging_steps=10, save_strategy="no", report_to="none", seed=SEED, dataloader_num_workers=0,
         disable_tqdm=False)
     peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -178,10 +203,10 @@ def child_main(args) -> None:
     os.environ.setdefault("LLMFT_NO_PROGRESS", "1")
     work, start = Path(args.work), time.perf_counter()
     if args.child == "llmft":
-        result = run_llmft(work, args.threads, args.row_tokens)
+        result = run_llmft(work, args.threads, args.row_tokens, args.dtype)
     else:
         result = run_trl(work, args.threads, packing=args.child == "trl-packing",
-                         grad_checkpointing=args.trl_grad_checkpointing)
+                         grad_checkpointing=args.trl_grad_checkpointing, dtype=args.dtype)
     result.update(contender=args.child, process_s=time.perf_counter() - start)
     Path(args.result).write_text(json.dumps(result, indent=1), encoding="utf-8")
 
@@ -193,8 +218,8 @@ def run_contender(name: str, work: Path, threads: int, args) -> dict:
     result_file.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--child", name, "--work", str(work), "--result", str(result_file),
            "--threads", str(threads), f"--trl-grad-checkpointing={str(args.trl_grad_checkpointing).lower()}",
-           f"--lora-dropout={args.lora_dropout}", f"--row-tokens={args.row_tokens}"]
-    env = {**USER_ENV, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+           f"--lora-dropout={args.lora_dropout}", f"--row-tokens={args.row_tokens}", f"--dtype={args.dtype}"]
+    env = {**_common.isa_env(USER_ENV, args.isa), "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     if name == "llmft" and "OMP_WAIT_POLICY" not in env:
         env.setdefault("GOMP_SPINCOUNT", "10000")      # what the llmft command line sets before torch loads
     print(f"--- {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
@@ -209,7 +234,7 @@ def derive(results: dict[str, dict]) -> str | None:
     for r in results.values():
         r["tokens_per_s"] = r["real_tokens"] / r["loop_s"]
         r["tokens_per_cpu_s"] = r["real_tokens"] / r["cpu_s"]
-        r["mfu"] = 4 * r["params"] * r["tokens_per_s"] / (r["bf16_gflops"] * 1e9)
+        r["mfu"] = 4 * r["params"] * r["tokens_per_s"] / (r["peak_gflops"] * 1e9)
     trl = [n for n in results if n.startswith("trl")]
     best = max(trl, key=lambda n: results[n]["tokens_per_s"]) if trl else None
     for r in results.values():
@@ -222,50 +247,113 @@ def derive(results: dict[str, dict]) -> str | None:
 
 def table(results: dict[str, dict]) -> str:
     lines = ["| contender | batching | examples | steps | real tokens | loop s | real tok/s | vs TRL best | CPU s | "
-             "real tok/CPU-s | vs TRL best | peak RSS MiB | vs TRL best | MFU | bf16 peak GFLOP/s | "
+             "real tok/CPU-s | vs TRL best | peak RSS MiB | vs TRL best | dtype | MFU | peak GFLOP/s (fp32 / bf16) | "
              "load start / end | process s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-             "| --- | ---: |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: "
+             "| ---: | --- | ---: |"]
     for name, r in results.items():
         ratio = (lambda key: f"{r[key]:.2f}x" if key in r else "-")
         lines.append(
             f"| {name} | {r['batching']} | {r['examples']:,} | {r['steps']} | {r['real_tokens']:,} | "
             f"{r['loop_s']:.1f} | {r['tokens_per_s']:.1f} | {ratio('speed_vs_trl')} | {r['cpu_s']:.1f} | "
             f"{r['tokens_per_cpu_s']:.1f} | {ratio('cpu_vs_trl')} | {r['peak_rss_mb']:,.0f} | "
-            f"{ratio('rss_vs_trl')} | {100 * r['mfu']:.1f}% | {r['bf16_gflops']:.0f} | "
+            f"{ratio('rss_vs_trl')} | {r['dtype']} | {100 * r['mfu']:.1f}% | "
+            f"{r['fp32_gflops']:.0f} / {r['bf16_gflops']:.0f} | "
             f"{r['load_start'][0]:.1f} / {r['load_end'][0]:.1f} | {r['process_s']:.0f} |")
     return "\n".join(lines)
 
 
-def section(results: dict, best: str | None, data: dict, info: dict, command: str, note: str) -> str:
+def section_heading(info: dict, isa: str) -> str:
+    return f"{SECTION}, ISA {isa} ({info['cpu']})"
+
+
+def section(results: dict, best: str | None, data: dict, info: dict, command: str, note: str, isa: str) -> str:
     any_result = next(iter(results.values()))
     vers = _common.versions("torch", "transformers", "peft", "trl", "accelerate")
+    caps = ", ".join(f"{k}={v}" for k, v in _common.ISA_SETTINGS[isa].items()) or "none (the CPU's own ISA)"
     out = [
-        SECTION, "",
+        section_heading(info, isa), "",
         f"Command: `{command}`  ",
         f"Date: {info['date']}  ",
         f"Machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['bf16_isa']) or 'no bf16 ISA'}), "
         f"{info['ram_gib']:.0f} GiB RAM; {any_result['threads']} torch thread(s) in every contender  ",
+        f"ISA setting: {isa}: {caps}; torch CPU capability in the children: {any_result['isa']}  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + "  ",
         f"Data: the first {data['records']:,} records llmft.data.sources keeps from the 2,000-record Alpaca sample "
         f"({'the whole sample' if data['all'] else 'a subset; `--records all` for the full epoch'}), alpaca "
         f"template, max length {MAX_LENGTH}, one epoch; LoRA r={LORA['r']} alpha={LORA['alpha']} dropout "
-        f"{LORA['dropout']} on all linear layers, bf16, {any_result['params'] / 1e6:.1f}M parameters "
-        f"({any_result['trainable_params'] / 1e6:.2f}M trainable).", "",
+        f"{LORA['dropout']} on all linear layers, {any_result['params'] / 1e6:.1f}M parameters "
+        f"({any_result['trainable_params'] / 1e6:.2f}M trainable); each contender in its own faster dtype "
+        "(llmft: its matmul probe; TRL: the faster matmul in its child).", "",
         table(results), "",
         "Real tokens: prompt + response tokens fed to the model, no padding (TRL: attention-mask sum, or the packed "
         "row length when padding-free). Loop s: the training loop only (llmft `Trainer.fit`, TRL `trainer.train()`); "
         "process s adds model load and tokenization. Peak RSS: the child process's VmHWM. MFU: 4 x N x real tok/s "
-        "over the bf16 2048^3 matmul peak measured in the same child (N = all parameters; forward 2N + backward "
-        "through activations 2N, frozen weights get no weight gradient). CPU s: the loop's process CPU time (all "
-        "threads); on a shared machine real tokens per CPU-second is the steadier comparison, wall-clock figures "
-        "depend on what else runs. Load: 1-minute load average at the start / end of the contender.",
+        "over the 2048^3 matmul peak of the contender's dtype, measured in the same child (N = all parameters; "
+        "forward 2N + backward through activations 2N, frozen weights get no weight gradient). CPU s: the loop's "
+        "process CPU time (all threads); on a shared machine real tokens per CPU-second is the steadier comparison. "
+        "Load: 1-minute load average at the start / end of the contender.",
     ]
     if best:
         out += ["", f"TRL's better mode here: **{best}**."]
     if note:
         out += ["", f"Note: {note}"]
     return "\n".join(out) + "\n"
+
+
+def summary_row(results: dict, best: str | None, data: dict, info: dict, isa: str, command: str) -> dict:
+    llmft, trl = results.get("llmft"), results.get(best) if best else None
+    row = {"date": info["date"], "cpu": info["cpu"], "isa": isa, "records": data["records"], "command": command}
+    if llmft:
+        row.update(capability=llmft["isa"], llmft_dtype=llmft["dtype"], peak_gflops=round(llmft["peak_gflops"]),
+                   llmft_tokens_per_s=round(llmft["tokens_per_s"], 1), mfu=round(llmft["mfu"], 4),
+                   llmft_rss_mb=round(llmft["peak_rss_mb"]))
+    if trl:
+        row.update(trl_mode=best, trl_dtype=trl["dtype"], trl_tokens_per_s=round(trl["tokens_per_s"], 1),
+                   trl_mfu=round(trl["mfu"], 4), trl_rss_mb=round(trl["peak_rss_mb"]))
+        if llmft:
+            row.update(speed_vs_trl=round(llmft["speed_vs_trl"], 2), rss_vs_trl=round(llmft["rss_vs_trl"], 2))
+    return row
+
+
+def summary_table() -> str:
+    """The latest row per (CPU, ISA setting) of the results file."""
+    latest: dict[tuple, dict] = {}
+    for line in RESULTS.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            latest[(row["cpu"], row["isa"])] = row
+    lines = ["| CPU | ISA setting (torch capability) | llmft dtype | matmul peak GFLOP/s | llmft real tok/s | MFU | "
+             "TRL better mode (dtype) | TRL real tok/s | TRL MFU | llmft vs TRL speed | llmft vs TRL peak RSS | "
+             "records | date |",
+             "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in latest.values():
+        trl = r.get("trl_mode")
+        lines.append(
+            f"| {r['cpu']} | {r['isa']} ({r.get('capability', '?')}) | {r.get('llmft_dtype', '-')} | "
+            f"{r.get('peak_gflops', '-')} | {r.get('llmft_tokens_per_s', '-')} | "
+            f"{100 * r['mfu']:.1f}% | " + (f"{trl} ({r['trl_dtype']}) | {r['trl_tokens_per_s']} | "
+                                           f"{100 * r['trl_mfu']:.1f}% | **{r['speed_vs_trl']:.2f}x** | "
+                                           f"{r['rss_vs_trl']:.2f}x | " if trl else "- | - | - | - | - | ")
+            + f"{r['records']} | {r['date']} |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, best: str | None, data: dict, info: dict, args, note: str) -> None:
+    command = (".venv/bin/python bench/train_throughput.py " + " ".join(sys.argv[1:])).strip()
+    _common.update_section(section_heading(info, args.isa),
+                           section(results, best, data, info, command, note, args.isa))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(summary_row(results, best, data, info, args.isa, command)) + "\n")
+    text = _common.BENCHMARKS.read_text(encoding="utf-8")
+    if SUMMARY_BEGIN in text:
+        head, rest = text.split(SUMMARY_BEGIN, 1)
+        text = head + SUMMARY_BEGIN + "\n" + summary_table() + "\n" + rest[rest.index(SUMMARY_END):]
+        tmp = _common.BENCHMARKS.with_name(_common.BENCHMARKS.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, _common.BENCHMARKS)
+    print(f"updated {_common.BENCHMARKS} and {RESULTS}", file=sys.stderr)
 
 
 def main() -> None:
@@ -282,6 +370,10 @@ def main() -> None:
                         help="LoRA dropout for every contender (0.0 = the PEFT and llmft default)")
     parser.add_argument("--row-tokens", type=int, default=0,
                         help="llmft: tokens per forward pass of a packed micro-batch (0: llmft's default)")
+    parser.add_argument("--isa", default="native", choices=tuple(_common.ISA_SETTINGS),
+                        help="run the contenders under this ISA setting's kernel caps (see bench/_common.py)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="auto: each contender in its own faster dtype")
     parser.add_argument("--timeout", type=float, default=0, help="seconds per contender (0: none)")
     parser.add_argument("--note", default="", help="a remark for BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
@@ -308,9 +400,7 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps({"machine": info, "data": data, "results": results}, indent=1))
     print(table(results))
     if not args.no_write:
-        command = ".venv/bin/python bench/train_throughput.py " + " ".join(sys.argv[1:])
-        _common.update_section(SECTION, section(results, best, data, info, command.strip(), args.note))
-        print(f"updated {_common.BENCHMARKS}", file=sys.stderr)
+        write_results(results, best, data, info, args, args.note)
 
 
 if __name__ == "__main__":
