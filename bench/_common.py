@@ -116,6 +116,21 @@ def update_section(heading: str, text: str, path: Path = BENCHMARKS) -> None:
     else:
         end = old.find("\n## ", start + len(heading))
         new = old[:start] + text.rstrip("\n") + "\n" + (old[end:] if end >= 0 else "")
+    write_atomic(path, new)
+
+
+def has_markers(path: Path, begin: str) -> bool:
+    return path.exists() and begin in path.read_text(encoding="utf-8")
+
+
+def replace_between(path: Path, begin: str, end: str, body: str) -> None:
+    """Replace what lies between the `begin` and `end` marker lines of `path` with a newline and `body`."""
+    text = path.read_text(encoding="utf-8")
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    write_atomic(path, text[:start] + "\n" + body + text[stop:])
+
+
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new, encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+import _common  # noqa: E402
 RESULTS = REPO / "bench" / "results" / "compare_methods.jsonl"
 DOC = REPO / "docs" / "comparison-methods.md"
 TABLE_BEGIN, TABLE_END = "<!-- comparison table: begin -->", "<!-- comparison table: end -->"
@@ -229,9 +230,7 @@ def _pair(scores: dict | None) -> str:
 def render() -> None:
     """One table per invocation in the results file, written between the doc's table markers."""
     tables = "\n\n".join(table(rows) for rows in read_runs().values())
-    text = DOC.read_text(encoding="utf-8")
-    start, end = text.index(TABLE_BEGIN) + len(TABLE_BEGIN), text.index(TABLE_END)
-    DOC.write_text(text[:start] + "\n" + tables + "\n" + text[end:], encoding="utf-8")
+    _common.replace_between(DOC, TABLE_BEGIN, TABLE_END, tables + "\n")
     print(tables)
 
 

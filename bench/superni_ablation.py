@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import _common  # noqa: E402
+
 NI = REPO.parent / "shared" / "fixtures" / "raw" / "natural_instructions"
 RESULTS = REPO / "bench" / "results" / "superni_ablation.jsonl"
 DOC = REPO / "docs" / "ablation-superni.md"
@@ -244,9 +247,7 @@ def _load(row: dict) -> str:
 
 
 def render_doc() -> None:
-    text = DOC.read_text(encoding="utf-8")
-    begin, end = text.index(TABLE_BEGIN) + len(TABLE_BEGIN), text.index(TABLE_END)
-    DOC.write_text(text[:begin] + "\n" + render_table(read_results()) + text[end:], encoding="utf-8")
+    _common.replace_between(DOC, TABLE_BEGIN, TABLE_END, render_table(read_results()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -339,20 +339,15 @@ def summary_table() -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict, best: str | None, data: dict, info: dict, args, note: str) -> None:
+def write_results(results: dict, best: str | None, data: dict, info: dict, args) -> None:
     command = (".venv/bin/python bench/train_throughput.py " + " ".join(sys.argv[1:])).strip()
     _common.update_section(section_heading(info, args.isa),
-                           section(results, best, data, info, command, note, args.isa))
+                           section(results, best, data, info, command, args.note, args.isa))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a", encoding="utf-8") as f:
         f.write(json.dumps(summary_row(results, best, data, info, args.isa, command)) + "\n")
-    text = _common.BENCHMARKS.read_text(encoding="utf-8")
-    if SUMMARY_BEGIN in text:
-        head, rest = text.split(SUMMARY_BEGIN, 1)
-        text = head + SUMMARY_BEGIN + "\n" + summary_table() + "\n" + rest[rest.index(SUMMARY_END):]
-        tmp = _common.BENCHMARKS.with_name(_common.BENCHMARKS.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, _common.BENCHMARKS)
+    if _common.has_markers(_common.BENCHMARKS, SUMMARY_BEGIN):
+        _common.replace_between(_common.BENCHMARKS, SUMMARY_BEGIN, SUMMARY_END, summary_table() + "\n")
     print(f"updated {_common.BENCHMARKS} and {RESULTS}", file=sys.stderr)
 
 
@@ -400,7 +395,7 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps({"machine": info, "data": data, "results": results}, indent=1))
     print(table(results))
     if not args.no_write:
-        write_results(results, best, data, info, args, args.note)
+        write_results(results, best, data, info, args)
 
 
 if __name__ == "__main__":
