@@ -154,7 +154,7 @@ def fake_rates(monkeypatch, step_s: float, decode_step_s: float = 0.05, records:
     inputs = {"tasks": [f"t{i % tasks}" for i in range(records)], "prompts": ["p"] * records,
               "prompt_lengths": [100] * records, "response_lengths": [10] * records}
     monkeypatch.setattr(budget, "measure_training", lambda cfg: rate)
-    monkeypatch.setattr(budget, "measure_generation", lambda cfg, prompts, batch_size: generation)
+    monkeypatch.setattr(budget, "measure_generation", lambda cfg, prompts, batch_size, bf16: generation)
     monkeypatch.setattr(budget, "eval_inputs", lambda path, cfg, eval_cfg: inputs)
 
 
@@ -247,9 +247,9 @@ def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tok
     assert not (tmp_path / "unused").exists()                              # the probe trained in a temporary folder
 
     prompts = [render(r, "superni", k_positive=2)[0] for r in records[:7]]
-    generation = budget.measure_generation(cfg, prompts, batch_size=4)
+    generation = budget.measure_generation(cfg, prompts, batch_size=4, bf16="false")
     lengths = [len(encode_prompt(smol_tokenizer, p)) for p in prompts]
-    assert generation.decode_probe_batch == 4
+    assert generation.decode_probe_batch == 4 and generation.dtype == "float32"   # the dtype evaluation will use
     assert generation.prefill_probe_tokens == sum(lengths[i] for i in budget.median_prompts(lengths, 3))
     assert generation.prefill_tokens_per_s > 0 and generation.decode_step_s >= 0
 

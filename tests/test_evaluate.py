@@ -67,7 +67,7 @@ def _reference_loss(model, tokenizer, records, max_length=128):
 
 def test_eval_writes_exact_scores_and_files(run_dir, monkeypatch, capsys):
     calls = _scripted(monkeypatch)
-    result = evaluate_run(run_dir, EvalConfig(max_new_tokens=7, batch_size=3))
+    result = evaluate_run(run_dir, EvalConfig(max_new_tokens=7, batch_size=3, bf16="false"))
 
     # base runs with the adapter disabled, then the tuned model; both see the run's alpaca prompts, as the token ids
     # of the training examples' prompts
@@ -114,8 +114,8 @@ def test_eval_writes_exact_scores_and_files(run_dir, monkeypatch, capsys):
 
 
 def test_eval_greedy_predictions_are_the_generate_output(run_dir):
-    result = evaluate_run(run_dir, EvalConfig(max_new_tokens=4, batch_size=2, limit=2, base=False))
-    assert set(result) == {"tuned"} and result["tuned"]["n"] == 2
+    result = evaluate_run(run_dir, EvalConfig(max_new_tokens=4, batch_size=2, limit=2, base=False, bf16="false"))
+    assert set(result) == {"tuned"} and result["tuned"]["n"] == 2 and result["tuned"]["dtype"] == "float32"
     model, tokenizer = load_run_model(run_dir)
     expected = generate(model, tokenizer, [render(r, "alpaca")[0] for r in RECORDS[:2]],
                         GenerationOptions(max_new_tokens=4, batch_size=1))
@@ -140,6 +140,39 @@ def test_eval_without_the_loss_pass_scores_the_same_and_leaves_loss_out(run_dir,
     assert "| ROUGE-L |" in out and "| loss |" not in out and "| perplexity |" not in out
 
 
+@pytest.mark.parametrize("bf16_faster", [True, False])
+def test_eval_auto_dtype_is_bf16_only_where_this_cpu_measures_it_faster(run_dir, monkeypatch, bf16_faster):
+    """`eval.bf16: auto` asks training's per-machine probe; the models are scored in that dtype (said in eval.json),
+    and a bf16 loss stays within bf16 rounding of the fp32 one. `false` never asks the probe."""
+    from llmft.training import cpu
+
+    asked = []
+
+    def probe(setting, device):
+        asked.append(setting)
+        return cpu.DtypeChoice(bf16_faster if setting == "auto" else setting == "true", "measured")
+
+    monkeypatch.setattr(cpu, "choose_compute_dtype", probe)
+    auto = evaluate_run(run_dir, EvalConfig(max_new_tokens=3, limit=3))
+    fp32 = evaluate_run(run_dir, EvalConfig(max_new_tokens=3, limit=3, bf16="false"))
+    expected = "bfloat16" if bf16_faster else "float32"
+    assert [auto[name]["dtype"] for name in ("base", "tuned")] == [expected, expected]
+    assert fp32["tuned"]["dtype"] == "float32" and asked == ["auto", "false"]
+    assert auto["tuned"]["loss"] == pytest.approx(fp32["tuned"]["loss"], rel=0 if not bf16_faster else 2e-2)
+    assert auto["tuned"]["loss_tokens"] == fp32["tuned"]["loss_tokens"]
+
+
+def test_yaml_booleans_are_the_bf16_choice_strings(tmp_path):
+    from llmft.config import load_config
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("bf16: false\n", encoding="utf-8")
+    assert load_config(EvalConfig, path).bf16 == "false"
+    path.write_text("bf16: maybe\n", encoding="utf-8")
+    with pytest.raises(LlmftError, match="bf16 must be auto, true or false, got 'maybe'"):
+        load_config(EvalConfig, path)
+
+
 def test_cli_eval_options(run_dir, tmp_path, monkeypatch, capsys):
     calls = _scripted(monkeypatch)
     other = tmp_path / "other"
@@ -147,9 +180,9 @@ def test_cli_eval_options(run_dir, tmp_path, monkeypatch, capsys):
     (other / "dev.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS[1:3]),
                                      encoding="utf-8")
     assert main(["eval", str(run_dir), "--data", str(other), "--split", "dev", "--limit", "1",
-                 "--max-new-tokens", "3", "--batch-size", "5"]) == 0
+                 "--max-new-tokens", "3", "--batch-size", "5", "--bf16", "false"]) == 0
     result = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
-    assert result["tuned"]["n"] == 1 and list(result["tuned"]["per_source"]) == ["alpaca"]
+    assert result["tuned"]["n"] == 1 and result["tuned"]["dtype"] == "float32" and list(result["tuned"]["per_source"]) == ["alpaca"]
     assert [len(c["prompts"]) for c in calls] == [1, 1] and (calls[0]["max_new_tokens"], calls[0]["batch_size"]) \
         == (3, 5)
     assert "### Overall" in capsys.readouterr().out
@@ -218,7 +251,7 @@ def test_full_fine_tuning_run_compares_against_separately_loaded_base(tmp_path, 
     run = make_run(tmp_path, smol_tokenizer)
     shutil.rmtree(run / "adapter")
     save_tiny_model(run / "model", smol_tokenizer, "llama", seed=7)   # the "fine-tuned" weights
-    results = evaluate_run(run, EvalConfig(max_new_tokens=4, limit=3))
+    results = evaluate_run(run, EvalConfig(max_new_tokens=4, limit=3, bf16="false"))
 
     base_model, _ = load_run_model(run, adapter=False)
     tuned_model, _ = load_run_model(run, adapter=True)

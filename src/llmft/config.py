@@ -246,9 +246,12 @@ class EvalConfig:
     batch_size: int = 16
     base: bool = True                       # also score the base model without the adapter
     loss: bool = True                       # also the response loss / perplexity (one more forward pass)
+    bf16: str = "auto"                      # auto: bf16 on a GPU, or on a CPU whose bf16 matmuls measure faster
 
     def validate(self) -> list[str]:
         problems = []
+        if self.bf16 not in ("auto", "true", "false"):
+            problems.append(f"bf16 must be auto, true or false, got {self.bf16!r}")
         if self.max_new_tokens <= 0:
             problems.append("max_new_tokens must be positive")
         if self.limit < 0 or self.batch_size <= 0:
@@ -321,6 +324,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)):
             raise LlmftError(f"{where}: expected a string, got {value!r}")
+        if isinstance(value, bool):          # YAML's `bf16: false` means the string choice "false"
+            return str(value).lower()
         return str(value)
     return value
 

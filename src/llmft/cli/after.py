@@ -30,6 +30,8 @@ def _register_eval(sub) -> None:
                    help="skip the base model (without the adapter)")
     p.add_argument("--no-loss", dest="loss", action="store_const", const=False,
                    help="skip the response loss and perplexity (one forward pass over every record less)")
+    p.add_argument("--bf16", choices=("auto", "true", "false"),
+                   help="score in bf16 (default auto: on a GPU, or on a CPU where bf16 matmuls measure faster)")
     _add_trust(p)
     p.set_defaults(func=_eval)
 
@@ -41,7 +43,7 @@ def _eval(args) -> int:
 
     overrides = {"split": args.split, "data": args.data, "max_new_tokens": args.max_new_tokens,
                  "limit": args.limit, "batch_size": args.batch_size, "base": args.base,
-                 "loss": args.loss}
+                 "loss": args.loss, "bf16": args.bf16}
     cfg = load_config(EvalConfig, args.config, overrides)
     tune_cpu()
     evaluate_run(_run_dir(args.run_dir), cfg, trust_remote_code=args.trust_remote_code)

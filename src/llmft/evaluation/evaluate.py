@@ -12,7 +12,7 @@ import torch
 from llmft import io
 from llmft.config import EvalConfig, check
 from llmft.errors import InputFormatError, LlmftError
-from llmft.evaluation.generate import (GenerationOptions, generate, inference_ready,
+from llmft.evaluation.generate import (GenerationOptions, generate, inference_dtype, inference_ready,
                                        to_inference_device)
 from llmft.evaluation.metrics import aggregate, aggregate_by, score_prediction
 from llmft.data.conversation import single_turn_view
@@ -202,11 +202,12 @@ def score_model(model, tokenizer, records, prompts, examples, info: dict, cfg: E
                "per_task": aggregate_by(scores, [r.get("task", "unknown") for r in records]),
                **({"n_loss_skipped": sum(e is None for e in examples)} if cfg.loss else {})}
     summary["n"] = len(records)
+    summary["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     return summary, predictions, scores
 
 
 @contextlib.contextmanager
-def _base_model(run_dir: Path, tuned, trust_remote_code: bool = False):
+def _base_model(run_dir: Path, tuned, dtype: torch.dtype, trust_remote_code: bool = False):
     """The base model without the run's training: for a LoRA or bottleneck-adapter run the tuned model with its
     adapters switched off (loaded once); for a full fine-tuning run (or adapters with trained norms) the base
     weights are loaded beside it and freed afterwards."""
@@ -222,7 +223,7 @@ def _base_model(run_dir: Path, tuned, trust_remote_code: bool = False):
         return
     from llmft.training.model import load_run_model
 
-    base, _ = load_run_model(run_dir, adapter=False, trust_remote_code=trust_remote_code)
+    base, _ = load_run_model(run_dir, adapter=False, dtype=dtype, trust_remote_code=trust_remote_code)
     try:
         yield to_inference_device(base)
     finally:
@@ -250,7 +251,9 @@ def _evaluate_locked(run_dir: Path, cfg: EvalConfig, trust_remote_code: bool) ->
     from llmft.training.model import load_run_model
     from llmft.evaluation.report import comparison_table, plot_base_vs_tuned
 
-    model, tokenizer = load_run_model(run_dir, adapter=True, trust_remote_code=trust_remote_code)
+    dtype = inference_dtype(cfg.bf16)
+    print(f"scoring in {str(dtype).removeprefix('torch.')} (eval.bf16={cfg.bf16})")
+    model, tokenizer = load_run_model(run_dir, adapter=True, dtype=dtype, trust_remote_code=trust_remote_code)
     info = model.llmft_template
     model = to_inference_device(model)
     records = eval_records(run_dir, cfg)
@@ -258,7 +261,7 @@ def _evaluate_locked(run_dir: Path, cfg: EvalConfig, trust_remote_code: bool) ->
 
     results, predictions, scores = {}, {}, {}
     if cfg.base:
-        with _base_model(run_dir, model, trust_remote_code) as base:
+        with _base_model(run_dir, model, dtype, trust_remote_code) as base:
             results["base"], predictions["base"], scores["base"] = score_model(
                 base, tokenizer, records, prompts, examples, info, cfg, "base")
     with inference_ready(model) as tuned:       # a LoRA adapter merged into the weights while it is scored

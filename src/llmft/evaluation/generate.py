@@ -102,6 +102,16 @@ def to_inference_device(model):
     return model
 
 
+def inference_dtype(setting: str = "auto") -> torch.dtype:
+    """The dtype to score and generate in: bf16 when asked (`true`), fp32 when told `false`; `auto`: bf16 on a GPU
+    that supports it, and on a CPU only where its bf16 matmuls measured faster than fp32 (training's probe, cached per
+    machine), since emulated bf16 (AVX2-only CPUs) runs many times slower."""
+    from llmft.training.cpu import choose_compute_dtype
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.bfloat16 if choose_compute_dtype(setting, device).bf16 else torch.float32
+
+
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:       # the run report reads a recipe and a run folder layout;
 STAGE_NAMES = ("demo", "prepare", "budget", "train", "eval")
 
 OVERALL_METRICS = (("loss", "loss"), ("perplexity", "perplexity"), ("rougeL", "ROUGE-L"),
-                   ("exact_match", "exact match"), ("n", "records"))
+                   ("exact_match", "exact match"), ("n", "records"), ("dtype", "dtype"))
 
 
 def _models(eval_dict: dict) -> list[str]:
@@ -53,7 +53,7 @@ def overall_table(eval_dict: dict) -> str:
         if all(v is None for v in values):      # e.g. loss and perplexity of an eval without the loss pass
             continue
         row = [label] + [_fmt(v) for v in values]
-        if len(names) == 2 and key != "n":
+        if len(names) == 2 and key not in ("n", "dtype"):
             row.append(_delta(*values))
         elif len(names) == 2:
             row.append("")

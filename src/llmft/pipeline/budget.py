@@ -3,7 +3,7 @@
 The budget covers preparation, training and evaluation. After `prepare`, `fit_recipe`:
 1. probes training: a throw-away Trainer on the real data and config (setup timed, one dev-loss pass timed, one
    warm-up step, then `PROBE_STEPS` timed optimizer steps);
-2. probes generation: the evaluation model as `evaluate_run` will hold it (fp32 on the CPU, the adapter attached):
+2. probes generation: the evaluation model as `evaluate_run` will hold it (in its dtype, the adapter attached):
    a prefill rate (tokens/s) from a few median-length eval prompts, and the decode time per new token of a full
    eval batch;
 3. estimates evaluation: every length-sorted generation batch at the full `max_new_tokens` (no early EOS assumed),
@@ -172,6 +172,7 @@ class GenerationRate:
     decode_step_s: float
     prefill_probe_tokens: int
     decode_probe_batch: int
+    dtype: str = "float32"
 
     def to_dict(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
@@ -184,19 +185,18 @@ def median_prompts(lengths: list[int], count: int) -> list[int]:
     return order[start:start + count]
 
 
-def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int) -> GenerationRate:
-    """Prefill rate and decode step time of the evaluation model (fp32 on the CPU as `evaluate_run` loads it, the
-    adapter attached, and merged where `evaluate_run` merges it, so its layers cost what the tuned model's do).
-    Prefill: `PREFILL_PROBE_PROMPTS` real eval prompts of median length. Decode: a full eval batch of short prompt
-    tails, forced to `PROBE_NEW_TOKENS` tokens, so the probe stays cheap however long the eval prompts are."""
-    import torch
-
-    from llmft.evaluation.generate import encode_prompt, inference_ready
+def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int, bf16: str = "auto") -> GenerationRate:
+    """Prefill rate and decode step time of the evaluation model as `evaluate_run` holds it: in the dtype `bf16`
+    (eval.bf16) gives, the adapter attached and merged where `evaluate_run` merges it, so its layers cost what the
+    tuned model's do. Prefill: `PREFILL_PROBE_PROMPTS` real eval prompts of median length. Decode: a full eval batch
+    of short prompt tails, forced to `PROBE_NEW_TOKENS` tokens, so the probe stays cheap however long the eval
+    prompts are."""
+    from llmft.evaluation.generate import encode_prompt, inference_dtype, inference_ready
     from llmft.training.model import attach_adapter, load_model, load_tokenizer
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    dtype = inference_dtype(bf16)
     model = load_model(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     if cfg.method != "full":
         model = attach_adapter(model, cfg)
@@ -218,7 +218,8 @@ def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int) ->
     del model
     return GenerationRate(load_s=load_s, prefill_tokens_per_s=prefill_tokens / prefill_s,
                           decode_step_s=max(forced_s - short_s, 0.0) / (PROBE_NEW_TOKENS - 1),
-                          prefill_probe_tokens=prefill_tokens, decode_probe_batch=len(tails))
+                          prefill_probe_tokens=prefill_tokens, decode_probe_batch=len(tails),
+                          dtype=str(dtype).removeprefix("torch."))
 
 
 def _left_padded(sequences: list[list[int]], pad_id: int):
@@ -307,7 +308,7 @@ def measure_and_fit(recipe, data_dir: Path, spent_s: float) -> dict:
     train_cfg = dataclasses.replace(recipe.train, data=str(data_dir))
     training = measure_training(train_cfg)
     inputs = eval_inputs(data_dir / f"{recipe.eval.split}.jsonl", train_cfg, recipe.eval)
-    generation = measure_generation(train_cfg, inputs["prompts"], recipe.eval.batch_size)
+    generation = measure_generation(train_cfg, inputs["prompts"], recipe.eval.batch_size, bf16=recipe.eval.bf16)
     probes_s = time.perf_counter() - started
     overhead_s = training.setup_s + 2 * training.dev_loss_s
 
