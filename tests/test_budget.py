@@ -94,7 +94,7 @@ def fake_fit(max_steps: int, per_task: int, prepared: int) -> dict:
             "eval_per_task_prepared": prepared, "eval_records": 2 * per_task, "load_average": [3.0, 3.0, 3.0],
             "fit": {"steps": max_steps, "step_s": 9.0, "train_s": 9.0 * max_steps, "capped_by_epochs": False,
                     "spent_s": 70.0, "eval_s": 120.0, "train_overhead_s": 20.0, "reserve_s": 24.0},
-            "training": {"tokens_per_s": 250.0}, "generation": {"prefill_tokens_per_s": 400.0,
+            "training": {"tokens_per_s": 250.0, "step_s": 7.5}, "generation": {"prefill_tokens_per_s": 400.0,
                                                                "decode_step_s": 0.2}}
 
 
@@ -118,7 +118,7 @@ def test_fit_recipe_measures_once_then_reuses_budget_json(tmp_path, monkeypatch)
     assert dataclasses.replace(out.train, max_steps=0) == recipe.train and out.eval == recipe.eval
     assert (tmp_path / "budget.json").exists() and log.entries["budget"]["status"] == "ran"
     assert not (tmp_path / "eval_subset.jsonl").exists()
-    assert log.lines == ["[budget] 10 min: 42 steps x 9.0 s (250 tokens/s) = 6.3 min of training; spent 70 s; "
+    assert log.lines == ["[budget] 10 min: 42 steps x 9.0 s (measured 7.5 s, planned with a 1.2x margin) (250 tokens/s) = 6.3 min of training; spent 70 s; "
                          "evaluation: the first 20 of each of 2 tasks = 40 records, estimated 120 s (prefill 400 "
                          "tokens/s, decode 0.20 s/token); setup 20 s, reserve 24 s; load average 3.0"]
 
@@ -172,9 +172,12 @@ def test_demo_budget_trains_fewer_steps_on_a_slow_machine_and_at_most_the_recipe
     assert fast["max_steps"] == recipe.train.max_steps and fast["fit"]["capped_by_epochs"]   # the recipe's cap
     assert 0 < slow["max_steps"] < recipe.train.max_steps and not slow["fit"]["capped_by_epochs"]
     fit = slow["fit"]
-    # what the slow machine trains fills the budget: its steps plus every other share, and one more step would not fit
+    # what the slow machine trains fills the budget: its steps (at the measured time plus the margin) plus every other
+    # share, and one more step would not fit
     shares = fit["spent_s"] + fit["eval_s"] + fit["train_overhead_s"] + fit["reserve_s"]
-    assert shares + fit["steps"] * 3.0 <= budget_s < shares + (fit["steps"] + 1) * 3.0
+    planned = budget.TRAIN_SAFETY * 3.0
+    assert fit["step_s"] == pytest.approx(planned)
+    assert shares + fit["steps"] * planned <= budget_s < shares + (fit["steps"] + 1) * planned
     # the eval estimate: 7 length-sorted batches of 16 (prefill 1600 tokens at 2000/s + 24 decode steps) plus the
     # loss pass, base and tuned, model load, x EVAL_SAFETY; all 5 records of each task kept
     generation = 7 * 24 * 0.2 + (6 * 1600 + 900) / 2000

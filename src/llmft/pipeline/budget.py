@@ -2,7 +2,7 @@
 
 The budget covers preparation, training and evaluation. After `prepare`, `fit_recipe`:
 1. probes training: a throw-away Trainer on the real data and config (setup timed, one dev-loss pass timed, one
-   warm-up step, then `PROBE_STEPS` timed optimizer steps);
+   warm-up step, then `PROBE_STEPS` timed optimizer steps, their mean times `TRAIN_SAFETY`);
 2. probes generation: the evaluation model as `evaluate_run` will hold it (in its dtype, the adapter attached):
    a prefill rate (tokens/s) from a few median-length eval prompts, and the decode time per new token of a full
    eval batch;
@@ -31,7 +31,11 @@ from llmft import io
 from llmft.config import EvalConfig, TrainConfig
 from llmft.errors import LlmftError
 
-PROBE_STEPS = 2              # timed optimizer steps (after one warm-up step)
+PROBE_STEPS = 4              # timed optimizer steps (after one warm-up step)
+# On the step time: packed steps of the same token count vary with their examples' lengths and the machine's load.
+# SuperNI recipe, 20-minute budget, quiet 2-core AMD EPYC: the probe's median of 2 steps said 3.1 s, the 231 fitted
+# steps averaged 4.3 s (3.2-10.8 s each), and the run took 21.9 minutes.
+TRAIN_SAFETY = 1.2
 PROBE_NEW_TOKENS = 6         # forced new tokens in the decode probe
 PREFILL_PROBE_PROMPTS = 3    # median-length eval prompts timed one by one
 DECODE_PROBE_CONTEXT = 64    # prompt tokens per row of the decode probe batch
@@ -53,7 +57,7 @@ class StepFit:
     eval_s: float            # estimated
     train_overhead_s: float  # estimated: model load, tokenization, dev-loss passes, saving
     reserve_s: float
-    step_s: float            # measured seconds per optimizer step
+    step_s: float            # seconds per optimizer step the fit plans with (measured, times TRAIN_SAFETY)
     train_s: float           # what the fitted steps should take
     capped_by_epochs: bool
     over_budget: bool = False    # fewer than `floor_steps` fitted: the floor is trained anyway
@@ -129,7 +133,7 @@ def estimate_eval_s(prompt_lengths: list[int], response_lengths: list[int], cfg:
 class TrainingRate:
     setup_s: float           # Trainer setup: tokenizer, data, tokenization, model, adapter, packing plan
     dev_loss_s: float        # one dev-loss pass (the run does one before and one after training)
-    step_s: float            # median of the timed steps
+    step_s: float            # mean of the timed steps
     tokens_per_s: float      # real (non-pad) tokens per second over the timed steps
     steps_per_epoch: int
 
@@ -161,7 +165,7 @@ def measure_training(cfg: TrainConfig, steps: int = PROBE_STEPS) -> TrainingRate
         per_epoch = math.ceil(trainer.plan.micro_per_epoch / trainer.plan.micro_per_step)
         trainer.folder_lock.close()                # the probe folder's writer lock (train() releases it itself)
         del trainer
-    return TrainingRate(setup_s=setup_s, dev_loss_s=dev_loss_s, step_s=statistics.median(times),
+    return TrainingRate(setup_s=setup_s, dev_loss_s=dev_loss_s, step_s=statistics.mean(times),
                         tokens_per_s=tokens / sum(times), steps_per_epoch=per_epoch)
 
 
@@ -207,7 +211,10 @@ def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int, bf
     tails = [encoded[i % len(encoded)][-DECODE_PROBE_CONTEXT:] for i in range(batch_size)]
     tail_ids, tail_mask = _left_padded(tails, pad_id)
     with inference_ready(model):                # as evaluate_run scores the tuned model: a LoRA adapter merged
-        _generate(model, tail_ids[:1], tail_mask[:1], 1)            # warm-up
+        # warm-up of both batch shapes: oneDNN's bf16 kernels are built on a shape's first call, and a first call
+        # inside the timed pair made the decode estimate 0 (the 1-token run slower than the 6-token one)
+        _generate(model, tail_ids[:1], tail_mask[:1], 1)
+        _generate(model, tail_ids, tail_mask, 2)
         prefill_s, prefill_tokens = 0.0, 0
         for index in median_prompts([len(e) for e in encoded], PREFILL_PROBE_PROMPTS):
             ids, mask = _left_padded([encoded[index]], pad_id)
@@ -321,7 +328,8 @@ def measure_and_fit(recipe, data_dir: Path, spent_s: float) -> dict:
     left = budget_s - spent_s - probes_s - overhead_s - reserve_seconds(budget_s)
     per_task, indices, eval_s = choose_eval_size(inputs["tasks"], estimate, EVAL_SHARE * left)
     cap = step_cap(recipe.train, training.steps_per_epoch)
-    fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=training.step_s, eval_s=eval_s,
+    fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=TRAIN_SAFETY * training.step_s,
+                    eval_s=eval_s,
                     train_overhead_s=overhead_s, max_steps=cap, floor_steps=recipe.run.budget_min_steps)
     given = max(Counter(inputs["tasks"]).values())
     return {"budget_minutes": recipe.run.budget_minutes, "max_steps": fit.steps, "fit": fit.to_dict(),
@@ -370,6 +378,7 @@ def describe(result: dict) -> str:
     cut = (f", cut from {result['eval_per_task_prepared']} to fit"
            if result["eval_per_task"] < result["eval_per_task_prepared"] else "")
     return (f"[budget] {result['budget_minutes']:g} min: {fit['steps']} steps x {fit['step_s']:.1f} s "
+            f"(measured {training['step_s']:.1f} s, planned with a {TRAIN_SAFETY:g}x margin) "
             f"({training['tokens_per_s']:.0f} tokens/s) = {fit['train_s'] / 60:.1f} min of training"
             f"{' (capped by the recipe)' if fit['capped_by_epochs'] else ''}"
             f"{' (the minimum of budget_min_steps: this machine is too slow or too busy for the budget)' if fit.get('over_budget') else ''}; spent {fit['spent_s']:.0f} s; "
