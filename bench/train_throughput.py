@@ -137,7 +137,7 @@ def run_llmft(work: Path, threads: int, row_tokens: int = 0, dtype: str = "auto"
             "examples": len(trainer.train_examples), "final_loss": summary["final_loss"],
             "step_seconds": summary["train_seconds"], "params": params, "trainable_params": trainable,
             "batching": f"packed micro-batches of <= {cfg.batch_tokens} tokens, run as rows of <= "
-                        f"{row_cap(cfg, trainer.device)}",
+                        f"{row_cap(cfg, trainer.device, trainer.bf16)}",
             "load_end": _common.loadavg(), "peak_rss_mb": _common.peak_rss_mb()}
 
 

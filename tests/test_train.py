@@ -317,3 +317,17 @@ def test_cpu_allocator_settings_are_accepted_by_glibc():
     assert train_module.keep_freed_memory_in_heap() is True
     # mallopt takes a C int: a value past 2^31 would be truncated (4 GiB -> 0) and still "succeed"
     assert train_module.MMAP_THRESHOLD_MAX < 2**31
+
+
+def test_cpu_rows_hold_the_same_activation_bytes_in_fp32_as_in_bf16():
+    """Packed micro-batches run on CPU as rows of 1,024 tokens in bf16 and 512 in fp32 (twice the bytes per
+    activation), never shorter than max_length; an explicit row_tokens wins, and a GPU keeps one row."""
+    from llmft.config import TrainConfig
+    from llmft.training.plan import row_cap
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    cfg = TrainConfig(max_length=512, batch_tokens=4096)
+    assert (row_cap(cfg, cpu, bf16=True), row_cap(cfg, cpu, bf16=False), row_cap(cfg, gpu)) == (1024, 512, 4096)
+    assert row_cap(TrainConfig(max_length=2048, batch_tokens=4096), cpu, bf16=False) == 2048
+    assert row_cap(TrainConfig(max_length=256, batch_tokens=384), cpu, bf16=True) == 384
+    assert row_cap(TrainConfig(max_length=512, batch_tokens=4096, row_tokens=2048), cpu, bf16=False) == 2048

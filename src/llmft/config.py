@@ -141,7 +141,8 @@ class TrainConfig:
     packing: bool = flag(True, group=LOOP, name="--no-packing",
                          help="length-grouped padded batches instead of packing")
     batch_tokens: int = flag(4096, group=LOOP, exclusive="size", help="token budget of a packed micro-batch")
-    row_tokens: int = 0                     # packing: rows of at most this per forward (0: 1024 or max_length on CPU, one row on GPU)
+    row_tokens: int = 0                     # packing: rows of at most this per forward (0: on CPU 1024 in bf16, 512 in
+                                            # fp32, at least max_length; one row on GPU)
     batch_size: int = flag(8, group=LOOP, exclusive="size",
                            help="examples per padded micro-batch (with --no-packing)")
     grad_accum: int = flag(1, group=LOOP, help="micro-batches per optimizer step (per process)")

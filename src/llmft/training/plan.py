@@ -27,20 +27,21 @@ def make_plan(cfg: TrainConfig, batcher: Batcher, world_size: int) -> Plan:
 
 
 CPU_ROW_TOKENS = 1024
+CPU_ROW_TOKENS_FP32 = 512      # fp32 activations take twice the bytes of bf16 ones: half the row, the same memory
 
 
-def row_cap(cfg: TrainConfig, device: torch.device) -> int:
+def row_cap(cfg: TrainConfig, device: torch.device, bf16: bool = True) -> int:
     """Tokens per forward pass of a packed micro-batch. On a GPU many small forwards are launch-bound: one row of
     4,096 ran 10x faster than eight of 512 on an H200 (15.7k vs 1.6k tokens/s), so there a micro-batch stays one row.
     On CPU, attention costs the sum of the examples' squares either way (llmft_varlen), and longer rows amortise
     per-operation overhead, but activation memory grows with the row: SmolLM2-135M LoRA, 2 threads, rows of 512 /
     1,024 / 2,048 tokens: 429 / 473 / 558 real tokens/s at 2.2 / 2.8 / 3.8 GB peak RSS (bench/train_throughput.py
-    --row-tokens). 1,024 (or max_length when longer) keeps well under half of TRL's memory."""
+    --row-tokens). 1,024 in bf16, 512 in fp32 (or max_length when longer) keeps well under half of TRL's memory."""
     if cfg.row_tokens:
         return cfg.row_tokens
     if device.type != "cpu":
         return cfg.batch_tokens
-    return max(cfg.max_length, min(cfg.batch_tokens, CPU_ROW_TOKENS))
+    return max(cfg.max_length, min(cfg.batch_tokens, CPU_ROW_TOKENS if bf16 else CPU_ROW_TOKENS_FP32))
 
 
 def split_rows(indices: list[int], lengths, row_tokens: int) -> list[list[int]]:

@@ -136,7 +136,7 @@ class Trainer:
             "compute_dtype": self.dtype_choice.to_dict(),
             "distributed": self.acc.distributed_type.value, "engine": type(self.wrapped).__name__,
             "packing_attention": attention if cfg.packing else None, "chunked_loss": self.chunked,
-            "row_tokens": row_cap(cfg, self.device) if cfg.packing else None,
+            "row_tokens": row_cap(cfg, self.device, self.bf16) if cfg.packing else None,
             "trainable_parameters": sum(p.numel() for p in self.params),
             "total_parameters": self.n_params,
             "plan": vars(self.plan), "dev_origin": self.data.dev_origin,
@@ -162,7 +162,7 @@ class Trainer:
     def rows(self, batcher: Batcher, indices: list[int]) -> list[list[int]]:
         if not self.cfg.packing:
             return [indices]
-        return split_rows(indices, batcher.lengths, row_cap(self.cfg, self.device))
+        return split_rows(indices, batcher.lengths, row_cap(self.cfg, self.device, self.bf16))
 
     def passes(self, batcher: Batcher, micro_batches: list[list[int]]) -> list[list[int] | None]:
         """This rank's rows of `micro_batches` (rank r takes r, r + world, ...), None for a filler pass."""
