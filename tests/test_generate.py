@@ -74,6 +74,19 @@ def test_inference_ready_leaves_models_it_cannot_merge_alone(tuned):
         assert not any(getattr(m, "merged", False) for m in model.modules())
 
 
+def test_a_bf16_base_keeps_its_adapter_beside_it(tuned):
+    """Merging into bf16 weights would round the adapter's update to bf16's mantissa: the adapter stays unmerged."""
+    import copy
+
+    model, _ = tuned
+    half = copy.deepcopy(model)
+    for name, param in half.named_parameters():
+        if "lora_" not in name:
+            param.data = param.data.to(torch.bfloat16)
+    with gen.inference_ready(half) as ready:
+        assert ready is half and not any(getattr(m, "merged", False) for m in half.modules())
+
+
 def test_greedy_ignores_the_model_generation_config(tuned):
     model, tokenizer = tuned
     before = generate_tokens(model, tokenizer, PROMPTS[:2], GenerationOptions(max_new_tokens=4))

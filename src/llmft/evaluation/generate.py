@@ -121,7 +121,10 @@ def inference_ready(model):
     """The model made cheaper to run for as long as the block lasts: a PEFT LoRA adapter is merged into its base
     weights (W + s B A), so each linear layer is one matmul instead of three plus the adapter's Python, and is
     unmerged afterwards. Greedy outputs equal the unmerged model's up to float rounding (tests/test_generate.py).
-    Anything else (no adapter, DoRA, a quantized base, several or disabled adapters) passes through unchanged."""
+    Anything else (no adapter, DoRA, a quantized or 16-bit base, several or disabled adapters) passes through
+    unchanged. A bf16 base is not merged: the adapter's small update added to bf16 weights is rounded to their 8-bit
+    mantissa (SuperNI run, 160 test records: fp32 40.0 ROUGE-L; bf16 merged 38.8, 140 completions equal to fp32's;
+    bf16 with the fp32 adapter beside it 39.8, 141 equal, at the same speed as merged)."""
     if not _mergeable_lora(model):
         yield model
         return
@@ -142,6 +145,11 @@ def _mergeable_lora(model) -> bool:
     if getattr(adapter, "peft_type", None) != "LORA" or getattr(adapter, "use_dora", False):
         return False
     base = model.get_base_model()
+    from peft.tuners.lora import LoraLayer
+
+    if any(layer.get_base_layer().weight.dtype != torch.float32 for layer in model.modules()
+           if isinstance(layer, LoraLayer)):
+        return False
     return not (getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
                 or getattr(base.config, "quantization_config", None))
 
