@@ -11,7 +11,8 @@ It times, alternately and `--repeats` times each, the plain baseline (`model.gen
 length-sorted left-padded batches, transformers' default dynamic cache) and llmft's evaluation path
 (`evaluation.generate.generate_tokens` inside `inference_ready`) on the same fp32 model, and, unless `--eval-dtype
 false`, llmft's path on a copy in the dtype `llmft eval` picks by default (bf16 where this CPU's bf16 matmuls measure
-faster); each row says how many of its completions equal the baseline's.
+faster; base weights in that dtype, the adapter in fp32 and unmerged, as `llmft eval` holds it); each row says how
+many of its completions equal the baseline's.
 
     .venv/bin/python bench/generate_throughput.py --eval-data runs/demo/data [--repeats 2]
     .venv/bin/python bench/generate_throughput.py --eval-data RUN/data --k-positive 2 --max-new-tokens 32   # superni
@@ -110,6 +111,14 @@ def llmft_generate(model, tokenizer, prompts, options: GenerationOptions) -> lis
         return generate_tokens(ready, tokenizer, prompts, options)
 
 
+def base_in(model, dtype):
+    """The model as `llmft eval` loads it in `dtype`: base weights in `dtype`, the LoRA adapter left in fp32."""
+    for name, param in model.named_parameters():
+        if "lora_" not in name:
+            param.data = param.data.to(dtype)
+    return model
+
+
 def measure_eval(args) -> None:
     """Baseline and llmft's path on the fp32 model, and (`--eval-dtype auto`) llmft's path on a copy of the model in
     the dtype `llmft eval` picks by default (`inference_dtype("auto")`: bf16 where this CPU's bf16 matmuls measure
@@ -128,7 +137,7 @@ def measure_eval(args) -> None:
     dtype = inference_dtype(args.eval_dtype)
     if dtype != torch.float32:
         name = f"llmft eval ({str(dtype).removeprefix('torch.')}, eval.bf16={args.eval_dtype})"
-        models[name], contenders[name] = copy.deepcopy(model).to(dtype), llmft_generate
+        models[name], contenders[name] = base_in(copy.deepcopy(model), dtype), llmft_generate
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     outputs = {}
     for name in contenders:                                                   # warm-up
