@@ -201,6 +201,10 @@ def test_first_per_task_and_choose_eval_size():
     assert budget.choose_eval_size(tasks, cost, 80) == (4, list(range(8)), 80.0)
     assert budget.choose_eval_size(tasks, cost, 55) == (2, [0, 1, 2, 4, 5], 50.0)
     assert budget.choose_eval_size(tasks, cost, 5) == (1, [0, 2, 5], 30.0)      # the floor: fit_steps decides
+    # a recipe's floor on the evaluation size: kept even when it does not fit (training gives way)
+    assert budget.choose_eval_size(tasks, cost, 5, floor=2) == (2, [0, 1, 2, 4, 5], 50.0)
+    assert budget.choose_eval_size(tasks, cost, 55, floor=2) == (2, [0, 1, 2, 4, 5], 50.0)
+    assert budget.choose_eval_size(tasks, cost, 5, floor=9) == (4, list(range(8)), 80.0)    # all a task has
 
 
 def test_run_config_budget_minutes_validated_and_set_by_the_cli_flag(tmp_path, monkeypatch):
@@ -253,8 +257,8 @@ def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tok
     generation = budget.measure_generation(cfg, prompts, batch_size=4, bf16="false")
     lengths = [len(encode_prompt(smol_tokenizer, p)) for p in prompts]
     assert generation.decode_probe_batch == 4 and generation.dtype == "float32"   # the dtype evaluation will use
-    assert generation.prefill_probe_tokens == sum(lengths[i] for i in budget.median_prompts(lengths, 3))
-    assert generation.prefill_tokens_per_s > 0 and generation.decode_step_s >= 0
+    assert generation.prefill_probe_tokens == 4 * max(lengths[i] for i in budget.median_prompts(lengths, 4))
+    assert generation.prefill_tokens_per_s > 0 and generation.decode_step_s > 0
 
 
 def test_floor_steps_train_over_budget_instead_of_failing():
@@ -264,3 +268,14 @@ def test_floor_steps_train_over_budget_instead_of_failing():
     roomy = budget.fit_steps(budget_s=900, spent_s=0, step_s=1.0, eval_s=0, reserve_s=0, max_steps=120,
                              floor_steps=30)
     assert roomy.steps == 120 and not roomy.over_budget
+
+
+def test_the_recipe_floor_on_eval_size_takes_time_from_training(tmp_path, monkeypatch):
+    from llmft.pipeline.recipe import load_recipe
+
+    fake_rates(monkeypatch, step_s=1.0, decode_step_s=1.5)        # generation too slow for all 5 records a task
+    cut = budget.measure_and_fit(load_recipe("demo"), tmp_path, spent_s=5.0)
+    kept = budget.measure_and_fit(load_recipe("demo", ["budget_min_eval_per_task=5"]), tmp_path, spent_s=5.0)
+    assert cut["eval_per_task"] < 5 == kept["eval_per_task"] == kept["eval_per_task_prepared"]
+    assert kept["fit"]["eval_s"] > cut["fit"]["eval_s"] and kept["max_steps"] < cut["max_steps"]
+    assert load_recipe("superni").run.budget_min_eval_per_task == 20

@@ -268,6 +268,8 @@ class RunConfig:
     budget_minutes: float = 0.0             # > 0: fit train.max_steps to this wall time from measured throughput
     budget_min_steps: int = 0               # with a budget: train at least this many steps, over budget if need be
                                             # (0: refuse a budget that leaves no step)
+    budget_min_eval_per_task: int = 1       # with a budget: score at least this many records of each task, however
+                                            # long (training gets less time instead)
 
     def validate(self) -> list[str]:
         problems = []
@@ -275,6 +277,8 @@ class RunConfig:
             problems.append(f"demo_instances must be at least 1, got {self.demo_instances}")
         if self.budget_min_steps < 0:
             problems.append(f"budget_min_steps must be >= 0, got {self.budget_min_steps}")
+        if self.budget_min_eval_per_task < 1:
+            problems.append(f"budget_min_eval_per_task must be at least 1, got {self.budget_min_eval_per_task}")
         if self.budget_minutes < 0:
             problems.append(f"budget_minutes must be >= 0 (0: no budget), got {self.budget_minutes}")
         return problems

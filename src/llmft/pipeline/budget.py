@@ -4,11 +4,12 @@ The budget covers preparation, training and evaluation. After `prepare`, `fit_re
 1. probes training: a throw-away Trainer on the real data and config (setup timed, one dev-loss pass timed, one
    warm-up step, then `PROBE_STEPS` timed optimizer steps, their mean times `TRAIN_SAFETY`);
 2. probes generation: the evaluation model as `evaluate_run` will hold it (in its dtype, the adapter attached):
-   a prefill rate (tokens/s) from a few median-length eval prompts, and the decode time per new token of a full
-   eval batch;
+   a prefill rate (tokens/s) from one batch of median-length eval prompts, and the decode time per new token of a
+   full eval batch;
 3. estimates evaluation: every length-sorted generation batch at the full `max_new_tokens` (no early EOS assumed),
    plus the loss pass over every eval token, for base and tuned, times `EVAL_SAFETY`; when that exceeds
-   `EVAL_SHARE` of what is left, evaluation keeps fewer records per task (the first N of each, written to
+   `EVAL_SHARE` of what is left, evaluation keeps fewer records per task, never fewer than
+   `run.budget_min_eval_per_task` (the first N of each, written to
    `<out>/eval_subset.jsonl` and said in budget.json, the log and the per-task `n` of the report);
 4. gives training what is left after what was spent, the evaluation estimate, the training setup and a reserve.
 
@@ -36,8 +37,7 @@ PROBE_STEPS = 4              # timed optimizer steps (after one warm-up step)
 # SuperNI recipe, 20-minute budget, quiet 2-core AMD EPYC: the probe's median of 2 steps said 3.1 s, the 231 fitted
 # steps averaged 4.3 s (3.2-10.8 s each), and the run took 21.9 minutes.
 TRAIN_SAFETY = 1.2
-PROBE_NEW_TOKENS = 6         # forced new tokens in the decode probe
-PREFILL_PROBE_PROMPTS = 3    # median-length eval prompts timed one by one
+PROBE_NEW_TOKENS = 6         # timed decoding steps in the decode probe
 DECODE_PROBE_CONTEXT = 64    # prompt tokens per row of the decode probe batch
 RESERVE_FRACTION = 0.04      # of the budget: load swings, report writing, interpreter start-up
 RESERVE_MIN_S = 10.0
@@ -191,10 +191,11 @@ def median_prompts(lengths: list[int], count: int) -> list[int]:
 
 def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int, bf16: str = "auto") -> GenerationRate:
     """Prefill rate and decode step time of the evaluation model as `evaluate_run` holds it: in the dtype `bf16`
-    (eval.bf16) gives, the adapter attached and merged where `evaluate_run` merges it, so its layers cost what the
-    tuned model's do. Prefill: `PREFILL_PROBE_PROMPTS` real eval prompts of median length. Decode: a full eval batch
-    of short prompt tails, forced to `PROBE_NEW_TOKENS` tokens, so the probe stays cheap however long the eval
-    prompts are."""
+    (eval.bf16) gives, the adapter attached and merged where `evaluate_run` merges it (fp32 only), so its layers
+    cost what the tuned model's do. Prefill: one eval batch of median-length prompts, left-padded as evaluation
+    batches them (timed one at a time, prompts ran slower per token: the SuperNI estimate was 1.6x the real time in
+    bf16). Decode: `PROBE_NEW_TOKENS` steps of a full eval batch of short prompt tails against the KV cache, so the
+    probe stays cheap however long the eval prompts are."""
     from llmft.evaluation.generate import encode_prompt, inference_dtype, inference_ready
     from llmft.training.model import attach_adapter, load_model, load_tokenizer
 
@@ -210,21 +211,15 @@ def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int, bf
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     tails = [encoded[i % len(encoded)][-DECODE_PROBE_CONTEXT:] for i in range(batch_size)]
     tail_ids, tail_mask = _left_padded(tails, pad_id)
-    with inference_ready(model):                # as evaluate_run scores the tuned model: a LoRA adapter merged
-        # warm-up of both batch shapes: oneDNN's bf16 kernels are built on a shape's first call, and a first call
-        # inside the timed pair made the decode estimate 0 (the 1-token run slower than the 6-token one)
-        _generate(model, tail_ids[:1], tail_mask[:1], 1)
-        _generate(model, tail_ids, tail_mask, 2)
-        prefill_s, prefill_tokens = 0.0, 0
-        for index in median_prompts([len(e) for e in encoded], PREFILL_PROBE_PROMPTS):
-            ids, mask = _left_padded([encoded[index]], pad_id)
-            prefill_s += _generate(model, ids, mask, 1)
-            prefill_tokens += ids.numel()
-        short_s = _generate(model, tail_ids, tail_mask, 1)
-        forced_s = _generate(model, tail_ids, tail_mask, PROBE_NEW_TOKENS)
+    with inference_ready(model):                # as evaluate_run scores the tuned model
+        _generate(model, tail_ids[:1], tail_mask[:1], 1)            # warm-up
+        batch = median_prompts([len(e) for e in encoded], min(batch_size, len(encoded)))
+        ids, mask = _left_padded([encoded[i] for i in batch], pad_id)
+        prefill_s, prefill_tokens = _generate(model, ids, mask, 1), ids.numel()
+        decode_step_s = _decode_step_s(model, tail_ids, tail_mask, PROBE_NEW_TOKENS)
     del model
     return GenerationRate(load_s=load_s, prefill_tokens_per_s=prefill_tokens / prefill_s,
-                          decode_step_s=max(forced_s - short_s, 0.0) / (PROBE_NEW_TOKENS - 1),
+                          decode_step_s=decode_step_s,
                           prefill_probe_tokens=prefill_tokens, decode_probe_batch=len(tails),
                           dtype=str(dtype).removeprefix("torch."))
 
@@ -239,6 +234,26 @@ def _left_padded(sequences: list[list[int]], pad_id: int):
         ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
         mask[row, width - len(seq):] = 1
     return ids, mask
+
+
+def _decode_step_s(model, ids, mask, steps: int) -> float:
+    """Seconds per decoding step of the batch `ids`: one forward of a new token per row against the KV cache, as
+    `generate` runs each step after the prompt (timed directly: the difference between two `generate` calls was lost
+    in the prefill's noise, and came out 0 in bf16). One untimed step first."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        started = None
+        for step in range(steps + 1):
+            if step == 1:
+                started = time.perf_counter()
+            token = out.logits[:, -1:].argmax(-1)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            out = model(input_ids=token, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+    return (time.perf_counter() - started) / steps
 
 
 def _generate(model, ids, mask, new_tokens: int) -> float:
@@ -284,14 +299,16 @@ def first_per_task(tasks: list[str], n: int) -> list[int]:
     return keep
 
 
-def choose_eval_size(tasks: list[str], estimate, allowed_s: float) -> tuple[int, list[int], float]:
-    """The most records per task whose estimated evaluation time (`estimate(indices)`) fits `allowed_s`; one per
-    task when nothing fits (then `fit_steps` says what is missing)."""
+def choose_eval_size(tasks: list[str], estimate, allowed_s: float, floor: int = 1) -> tuple[int, list[int], float]:
+    """The most records per task whose estimated evaluation time (`estimate(indices)`) fits `allowed_s`, but never
+    fewer than `floor` (or every record a task has): below it the scores mean too little, so training gives way
+    (`fit_steps` says so when nothing is left for it)."""
     most = max(Counter(tasks).values())
+    least = max(1, min(floor, most))
     for n in range(most, 0, -1):
         indices = first_per_task(tasks, n)
         seconds = estimate(indices)
-        if seconds <= allowed_s or n == 1:
+        if seconds <= allowed_s or n <= least:
             return n, indices, seconds
     raise AssertionError("unreachable")
 
@@ -326,7 +343,8 @@ def measure_and_fit(recipe, data_dir: Path, spent_s: float) -> dict:
             decode_step_s=generation.decode_step_s, load_s=generation.load_s)
 
     left = budget_s - spent_s - probes_s - overhead_s - reserve_seconds(budget_s)
-    per_task, indices, eval_s = choose_eval_size(inputs["tasks"], estimate, EVAL_SHARE * left)
+    per_task, indices, eval_s = choose_eval_size(inputs["tasks"], estimate, EVAL_SHARE * left,
+                                                 floor=recipe.run.budget_min_eval_per_task)
     cap = step_cap(recipe.train, training.steps_per_epoch)
     fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=TRAIN_SAFETY * training.step_s,
                     eval_s=eval_s,
