@@ -43,7 +43,7 @@ def test_recipe_follows_the_protocol_and_the_ablation():
         "tasks", ["English"], 40, 20)
     assert (t.model, t.method, t.template, t.k_positive, t.lora_r, t.lora_targets, t.lr, t.max_steps) == (
         "smollm2-135m", "lora", "superni", 2, 16, "all-linear", 1e-3, 0)
-    assert (t.max_length, t.batch_tokens, t.epochs) == (512, 1024, 3.0)
+    assert (t.max_length, t.batch_tokens, t.epochs) == (512, 1024, 1.0)
     assert (e.split, e.max_new_tokens, e.base) == ("test", 32, True)
     assert load_recipe("superni", ["train.k_positive=0", "budget_minutes=5"]).train.k_positive == 0
 
