@@ -118,7 +118,7 @@ def test_fit_recipe_measures_once_then_reuses_budget_json(tmp_path, monkeypatch)
     assert dataclasses.replace(out.train, max_steps=0) == recipe.train and out.eval == recipe.eval
     assert (tmp_path / "budget.json").exists() and log.entries["budget"]["status"] == "ran"
     assert not (tmp_path / "eval_subset.jsonl").exists()
-    assert log.lines == ["[budget] 10 min: 42 steps x 9.0 s (measured 7.5 s, planned with a 1.2x margin) (250 tokens/s) = 6.3 min of training; spent 70 s; "
+    assert log.lines == ["[budget] 10 min: 42 steps x 9.0 s (measured 7.5 s, planned with a 1.3x margin) (250 tokens/s) = 6.3 min of training; spent 70 s; "
                          "evaluation: the first 20 of each of 2 tasks = 40 records, estimated 120 s (prefill 400 "
                          "tokens/s, decode 0.20 s/token); setup 20 s, reserve 24 s; load average 3.0"]
 

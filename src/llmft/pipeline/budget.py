@@ -33,10 +33,11 @@ from llmft.config import EvalConfig, TrainConfig
 from llmft.errors import LlmftError
 
 PROBE_STEPS = 4              # timed optimizer steps (after one warm-up step)
-# On the step time: packed steps of the same token count vary with their examples' lengths and the machine's load.
-# SuperNI recipe, 20-minute budget, quiet 2-core AMD EPYC: the probe's median of 2 steps said 3.1 s, the 231 fitted
-# steps averaged 4.3 s (3.2-10.8 s each), and the run took 21.9 minutes.
-TRAIN_SAFETY = 1.2
+# On the step time: a whole run's steps average more than the probe's, which runs just after an idle moment on a
+# fresh process. SuperNI recipe, 20-minute budgets, quiet 2-core AMD EPYC, three runs: mean step / probe = 1.39
+# (median of 2 probe steps), 1.31 and 1.34 (mean of 4); the demo recipe about 1.15. Packed steps of the same token
+# count also vary 3.2-10.8 s with their examples' lengths.
+TRAIN_SAFETY = 1.3
 PROBE_NEW_TOKENS = 6         # timed decoding steps in the decode probe
 DECODE_PROBE_CONTEXT = 64    # prompt tokens per row of the decode probe batch
 RESERVE_FRACTION = 0.04      # of the budget: load swings, report writing, interpreter start-up
