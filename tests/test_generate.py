@@ -74,6 +74,24 @@ def test_inference_ready_leaves_models_it_cannot_merge_alone(tuned):
         assert not any(getattr(m, "merged", False) for m in model.modules())
 
 
+def test_the_output_head_sees_a_contiguous_input_while_generating(tuned):
+    """generate slices the last position for the head (`logits_to_keep`); the hook hands the head a contiguous copy,
+    which changes no logit, and is gone afterwards."""
+    model, _ = tuned
+    head = model.get_output_embeddings()
+    seen = []
+    hidden = torch.randn(3, 5, head.in_features)[:, -1:, :]
+    assert not hidden.is_contiguous()
+    with gen.contiguous_head_input(model):
+        probe = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+        inside = head(hidden)
+    outside = head(hidden)
+    probe.remove()
+    assert seen == [True, False]
+    torch.testing.assert_close(inside, outside)
+    assert not head._forward_pre_hooks
+
+
 def test_a_bf16_base_keeps_its_adapter_beside_it(tuned):
     """Merging into bf16 weights would round the adapter's update to bf16's mantissa: the adapter stays unmerged."""
     import copy

@@ -117,6 +117,23 @@ def _model_device(model) -> torch.device:
 
 
 @contextlib.contextmanager
+def contiguous_head_input(model):
+    """While the block lasts, the output head gets a contiguous input. `generate` asks for the last position's
+    logits only (`logits_to_keep`), a strided slice of the hidden states, and CPU matmuls on a strided input take a
+    slow path: SmolLM2's 49152 x 576 head on 16 such rows ran 981 ms in bf16 against 9 ms contiguous (fp32: 93 vs
+    26 ms), once per generated batch."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield model
+        return
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield model
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
 def inference_ready(model):
     """The model made cheaper to run for as long as the block lasts: a PEFT LoRA adapter is merged into its base
     weights (W + s B A), so each linear layer is one matmul instead of three plus the adapter's Python, and is
@@ -180,12 +197,13 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], options: Generatio
     was_training = model.training
     model.eval()
     try:
-        for batch in progress(_length_sorted_batches([len(e) for e in encoded], options.batch_size), desc=desc,
-                              unit="batch"):
-            ids, mask = _left_pad([encoded[i] for i in batch], pad_id, device)
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-            for row, index in enumerate(batch):
-                results[index] = _cut_at_stop(out[row, ids.shape[1]:].tolist(), set(stop_ids))
+        with contiguous_head_input(model):
+            for batch in progress(_length_sorted_batches([len(e) for e in encoded], options.batch_size), desc=desc,
+                                  unit="batch"):
+                ids, mask = _left_pad([encoded[i] for i in batch], pad_id, device)
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                for row, index in enumerate(batch):
+                    results[index] = _cut_at_stop(out[row, ids.shape[1]:].tolist(), set(stop_ids))
     finally:
         model.train(was_training)
     return results

@@ -2,7 +2,7 @@
 
 The budget covers preparation, training and evaluation. After `prepare`, `fit_recipe`:
 1. probes training: a throw-away Trainer on the real data and config (setup timed, one dev-loss pass timed, one
-   warm-up step, then `PROBE_STEPS` timed optimizer steps, their mean times `TRAIN_SAFETY`);
+   `PROBE_WARMUP_STEPS` warm-up steps, then `PROBE_STEPS` timed ones, their mean times `TRAIN_SAFETY`);
 2. probes generation: the evaluation model as `evaluate_run` will hold it (in its dtype, the adapter attached):
    a prefill rate (tokens/s) from one batch of median-length eval prompts, and the decode time per new token of a
    full eval batch;
@@ -32,7 +32,8 @@ from llmft import io
 from llmft.config import EvalConfig, TrainConfig
 from llmft.errors import LlmftError
 
-PROBE_STEPS = 4              # timed optimizer steps (after one warm-up step)
+PROBE_STEPS = 4              # timed optimizer steps, after PROBE_WARMUP_STEPS untimed ones
+PROBE_WARMUP_STEPS = 2
 # On the step time: a whole run's steps average more than the probe's, which runs just after an idle moment on a
 # fresh process. SuperNI recipe, 20-minute budgets, quiet 2-core AMD EPYC, three runs: mean step / probe = 1.39
 # (median of 2 probe steps), 1.31 and 1.34 (mean of 4); the demo recipe about 1.15. Packed steps of the same token
@@ -147,7 +148,8 @@ def measure_training(cfg: TrainConfig, steps: int = PROBE_STEPS) -> TrainingRate
     from llmft.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="llmft-budget-") as tmp:
-        probe = dataclasses.replace(cfg, out=str(Path(tmp) / "probe"), resume=False, max_steps=steps + 1,
+        probe = dataclasses.replace(cfg, out=str(Path(tmp) / "probe"), resume=False,
+                                    max_steps=steps + PROBE_WARMUP_STEPS,
                                     eval_every=0, save_every=0, tensorboard=False, report_to="")
         started = time.perf_counter()
         trainer = Trainer(probe)
@@ -156,7 +158,8 @@ def measure_training(cfg: TrainConfig, steps: int = PROBE_STEPS) -> TrainingRate
         started = time.perf_counter()
         trainer.dev_loss()
         dev_loss_s = time.perf_counter() - started
-        trainer.train_step()                       # warm-up: first-call kernel selection, allocator growth
+        for _ in range(PROBE_WARMUP_STEPS):        # first-call kernel selection, allocator growth
+            trainer.train_step()
         times, tokens = [], 0
         for _ in range(steps):
             started = time.perf_counter()
@@ -197,7 +200,7 @@ def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int, bf
     batches them (timed one at a time, prompts ran slower per token: the SuperNI estimate was 1.6x the real time in
     bf16). Decode: `PROBE_NEW_TOKENS` steps of a full eval batch of short prompt tails against the KV cache, so the
     probe stays cheap however long the eval prompts are."""
-    from llmft.evaluation.generate import encode_prompt, inference_dtype, inference_ready
+    from llmft.evaluation.generate import contiguous_head_input, encode_prompt, inference_dtype, inference_ready
     from llmft.training.model import attach_adapter, load_model, load_tokenizer
 
     started = time.perf_counter()
@@ -212,7 +215,7 @@ def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int, bf
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     tails = [encoded[i % len(encoded)][-DECODE_PROBE_CONTEXT:] for i in range(batch_size)]
     tail_ids, tail_mask = _left_padded(tails, pad_id)
-    with inference_ready(model):                # as evaluate_run scores the tuned model
+    with inference_ready(model), contiguous_head_input(model):     # as evaluate_run scores the tuned model
         _generate(model, tail_ids[:1], tail_mask[:1], 1)            # warm-up
         batch = median_prompts([len(e) for e in encoded], min(batch_size, len(encoded)))
         ids, mask = _left_padded([encoded[i] for i in batch], pad_id)
