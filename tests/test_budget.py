@@ -175,7 +175,7 @@ def test_demo_budget_trains_fewer_steps_on_a_slow_machine_and_at_most_the_recipe
     # what the slow machine trains fills the budget: its steps (at the measured time plus the margin) plus every other
     # share, and one more step would not fit
     shares = fit["spent_s"] + fit["eval_s"] + fit["train_overhead_s"] + fit["reserve_s"]
-    planned = budget.TRAIN_SAFETY * 3.0
+    planned = recipe.run.budget_step_margin * 3.0
     assert fit["step_s"] == pytest.approx(planned)
     assert shares + fit["steps"] * planned <= budget_s < shares + (fit["steps"] + 1) * planned
     # the eval estimate: 7 length-sorted batches of 16 (prefill 1600 tokens at 2000/s + 24 decode steps) plus the
@@ -279,3 +279,16 @@ def test_the_recipe_floor_on_eval_size_takes_time_from_training(tmp_path, monkey
     assert cut["eval_per_task"] < 5 == kept["eval_per_task"] == kept["eval_per_task_prepared"]
     assert kept["fit"]["eval_s"] > cut["fit"]["eval_s"] and kept["max_steps"] < cut["max_steps"]
     assert load_recipe("superni").run.budget_min_eval_per_task == 20
+
+
+def test_the_step_margin_is_the_recipes(tmp_path, monkeypatch):
+    from llmft.pipeline.recipe import load_recipe
+
+    fake_rates(monkeypatch, step_s=3.0, decode_step_s=0.2)
+    tight = budget.measure_and_fit(load_recipe("demo", ["budget_step_margin=1.0"]), tmp_path, spent_s=5.0)
+    wide = budget.measure_and_fit(load_recipe("demo", ["budget_step_margin=1.5"]), tmp_path, spent_s=5.0)
+    assert (tight["fit"]["step_s"], wide["fit"]["step_s"]) == (3.0, 4.5)
+    assert tight["max_steps"] > wide["max_steps"] and wide["step_margin"] == 1.5
+    assert "1.5x margin" in budget.describe(wide)
+    with pytest.raises(Exception, match="budget_step_margin must be >= 1"):
+        load_recipe("demo", ["budget_step_margin=0.8"])

@@ -270,6 +270,8 @@ class RunConfig:
                                             # (0: refuse a budget that leaves no step)
     budget_min_eval_per_task: int = 1       # with a budget: score at least this many records of each task, however
                                             # long (training gets less time instead)
+    budget_step_margin: float = 1.3         # with a budget: plan each step at this times the probed step time (a
+                                            # whole run's steps averaged 1.31-1.39x the probe on SuperNI data)
 
     def validate(self) -> list[str]:
         problems = []
@@ -281,6 +283,9 @@ class RunConfig:
             problems.append(f"budget_min_eval_per_task must be at least 1, got {self.budget_min_eval_per_task}")
         if self.budget_minutes < 0:
             problems.append(f"budget_minutes must be >= 0 (0: no budget), got {self.budget_minutes}")
+        if self.budget_step_margin < 1:
+            problems.append(f"budget_step_margin must be >= 1 (the probe underestimates a run), "
+                            f"got {self.budget_step_margin}")
         return problems
 
 

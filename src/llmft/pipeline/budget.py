@@ -2,7 +2,7 @@
 
 The budget covers preparation, training and evaluation. After `prepare`, `fit_recipe`:
 1. probes training: a throw-away Trainer on the real data and config (setup timed, one dev-loss pass timed, one
-   `PROBE_WARMUP_STEPS` warm-up steps, then `PROBE_STEPS` timed ones, their mean times `TRAIN_SAFETY`);
+   `PROBE_WARMUP_STEPS` warm-up steps, then `PROBE_STEPS` timed ones, their mean times `run.budget_step_margin`);
 2. probes generation: the evaluation model as `evaluate_run` will hold it (in its dtype, the adapter attached):
    a prefill rate (tokens/s) from one batch of median-length eval prompts, and the decode time per new token of a
    full eval batch;
@@ -34,11 +34,10 @@ from llmft.errors import LlmftError
 
 PROBE_STEPS = 4              # timed optimizer steps, after PROBE_WARMUP_STEPS untimed ones
 PROBE_WARMUP_STEPS = 2
-# On the step time: a whole run's steps average more than the probe's, which runs just after an idle moment on a
-# fresh process. SuperNI recipe, 20-minute budgets, quiet 2-core AMD EPYC, three runs: mean step / probe = 1.39
-# (median of 2 probe steps), 1.31 and 1.34 (mean of 4); the demo recipe about 1.15. Packed steps of the same token
-# count also vary 3.2-10.8 s with their examples' lengths.
-TRAIN_SAFETY = 1.3
+# The step time the fit plans with is the probe's times the recipe's `run.budget_step_margin`: how far a whole run's
+# steps stray from the probe's depends on the data. SuperNI recipe, 20-minute budgets, quiet 2-core AMD EPYC, three
+# runs: mean step / probe = 1.39 (median of 2 probe steps), 1.31 and 1.34 (mean of 4): packed steps of the same
+# token count vary 3.2-10.8 s with their examples' lengths. The demo's short, even examples: 0.87-1.15.
 PROBE_NEW_TOKENS = 6         # timed decoding steps in the decode probe
 DECODE_PROBE_CONTEXT = 64    # prompt tokens per row of the decode probe batch
 RESERVE_FRACTION = 0.04      # of the budget: load swings, report writing, interpreter start-up
@@ -59,7 +58,7 @@ class StepFit:
     eval_s: float            # estimated
     train_overhead_s: float  # estimated: model load, tokenization, dev-loss passes, saving
     reserve_s: float
-    step_s: float            # seconds per optimizer step the fit plans with (measured, times TRAIN_SAFETY)
+    step_s: float            # seconds per optimizer step the fit plans with (measured, times the step margin)
     train_s: float           # what the fitted steps should take
     capped_by_epochs: bool
     over_budget: bool = False    # fewer than `floor_steps` fitted: the floor is trained anyway
@@ -350,16 +349,16 @@ def measure_and_fit(recipe, data_dir: Path, spent_s: float) -> dict:
     per_task, indices, eval_s = choose_eval_size(inputs["tasks"], estimate, EVAL_SHARE * left,
                                                  floor=recipe.run.budget_min_eval_per_task)
     cap = step_cap(recipe.train, training.steps_per_epoch)
-    fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=TRAIN_SAFETY * training.step_s,
-                    eval_s=eval_s,
+    margin = recipe.run.budget_step_margin
+    fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=margin * training.step_s, eval_s=eval_s,
                     train_overhead_s=overhead_s, max_steps=cap, floor_steps=recipe.run.budget_min_steps)
     given = max(Counter(inputs["tasks"]).values())
     return {"budget_minutes": recipe.run.budget_minutes, "max_steps": fit.steps, "fit": fit.to_dict(),
             "training": training.to_dict(), "generation": generation.to_dict(),
             "eval_tasks": len(set(inputs["tasks"])), "eval_per_task": per_task, "eval_per_task_prepared": given,
             "eval_records": len(indices), "eval_prompt_tokens": sum(inputs["prompt_lengths"][i] for i in indices),
-            "probes_s": round(probes_s, 2), "load_average": [round(x, 2) for x in os.getloadavg()],
-            "cpu_count": os.cpu_count()}
+            "step_margin": margin, "probes_s": round(probes_s, 2),
+            "load_average": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count()}
 
 
 def fit_recipe(recipe, layout, log):
@@ -400,7 +399,7 @@ def describe(result: dict) -> str:
     cut = (f", cut from {result['eval_per_task_prepared']} to fit"
            if result["eval_per_task"] < result["eval_per_task_prepared"] else "")
     return (f"[budget] {result['budget_minutes']:g} min: {fit['steps']} steps x {fit['step_s']:.1f} s "
-            f"(measured {training['step_s']:.1f} s, planned with a {TRAIN_SAFETY:g}x margin) "
+            f"(measured {training['step_s']:.1f} s, planned with a {result.get('step_margin', 1.3):g}x margin) "
             f"({training['tokens_per_s']:.0f} tokens/s) = {fit['train_s'] / 60:.1f} min of training"
             f"{' (capped by the recipe)' if fit['capped_by_epochs'] else ''}"
             f"{' (the minimum of budget_min_steps: this machine is too slow or too busy for the budget)' if fit.get('over_budget') else ''}; spent {fit['spent_s']:.0f} s; "
