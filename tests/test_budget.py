@@ -3,6 +3,7 @@ estimate, and the pipeline hook (budget.json reused on a rerun) on fake stages."
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -226,7 +227,7 @@ def test_run_config_budget_minutes_validated_and_set_by_the_cli_flag(tmp_path, m
 
 # ---------------------------------------------------------------- the probes, on a tiny random model
 
-def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tokenizer):
+def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tokenizer, monkeypatch):
     from llmft import io
     from llmft.config import DataConfig, TrainConfig
     from llmft.evaluation.generate import encode_prompt
@@ -243,7 +244,19 @@ def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tok
     cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "unused"), model=str(model),
                       template="superni", k_positive=2, max_length=256, batch_tokens=256, lora_r=4, lora_alpha=8)
 
+    from llmft.training import model as model_module
+
+    resolved, real_resolve = [], model_module.resolve_model
+
+    def slow_first_resolve(name):          # as converting the embedded GGUF on a fresh cache: once, and slow
+        if not resolved:
+            time.sleep(3.0)
+        resolved.append(name)
+        return real_resolve(name)
+
+    monkeypatch.setattr(model_module, "resolve_model", slow_first_resolve)
     training = budget.measure_training(cfg)
+    assert resolved[0] == str(model) and training.setup_s < 3.0     # the one-time conversion is not a setup cost
     assert training.step_s > 0 and training.setup_s > 0 and training.dev_loss_s > 0 and training.tokens_per_s > 0
     from llmft.training.batching import Batcher
     from llmft.training.tokenize import tokenize_records

@@ -144,14 +144,19 @@ class TrainingRate:
 
 def measure_training(cfg: TrainConfig, steps: int = PROBE_STEPS) -> TrainingRate:
     """Time a throw-away Trainer on the run's own data and settings (its folder is deleted afterwards)."""
+    from llmft.training.model import resolve_model
     from llmft.training.trainer import Trainer
 
+    # One-time work outside the timed setup: converting the embedded GGUF (~25 s on a fresh cache) and the
+    # per-machine dtype probe (Trainer construction). The run's own setup finds both done: counting them in the
+    # setup estimate cost a fresh `make run` about 10 training steps.
+    resolve_model(cfg.model)
     with tempfile.TemporaryDirectory(prefix="llmft-budget-") as tmp:
         probe = dataclasses.replace(cfg, out=str(Path(tmp) / "probe"), resume=False,
                                     max_steps=steps + PROBE_WARMUP_STEPS,
                                     eval_every=0, save_every=0, tensorboard=False, report_to="")
-        started = time.perf_counter()
         trainer = Trainer(probe)
+        started = time.perf_counter()
         trainer.setup()
         setup_s = time.perf_counter() - started
         started = time.perf_counter()
@@ -242,21 +247,22 @@ def _left_padded(sequences: list[list[int]], pad_id: int):
 def _decode_step_s(model, ids, mask, steps: int) -> float:
     """Seconds per decoding step of the batch `ids`: one forward of a new token per row against the KV cache, as
     `generate` runs each step after the prompt (timed directly: the difference between two `generate` calls was lost
-    in the prefill's noise, and came out 0 in bf16). One untimed step first."""
+    in the prefill's noise, and came out 0 in bf16). One untimed step first, then the median step, which one stalled
+    step cannot move (a make run's probe said 0.30 s where four repeated probes measured 0.13-0.18 s)."""
     import torch
 
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
+    times = []
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, use_cache=True)
-        started = None
-        for step in range(steps + 1):
-            if step == 1:
-                started = time.perf_counter()
+        for _ in range(steps + 1):
+            started = time.perf_counter()
             token = out.logits[:, -1:].argmax(-1)
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             out = model(input_ids=token, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
-    return (time.perf_counter() - started) / steps
+            times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
 
 
 def _generate(model, ids, mask, new_tokens: int) -> float:
