@@ -66,6 +66,9 @@ def run_setting(name: str, root: Path, overrides: list[str], make: bool) -> dict
     minutes = (time.perf_counter() - started) / 60
     result = {"setting": name, "env": SETTINGS[name], "mode": "make run (fresh clone)" if make else "llmft run",
               "exit": code, "wall_min": round(minutes, 2), "log": str(log), "load_after": loadavg()}
+    if make:
+        result["commit"] = subprocess.run(["git", "-C", str(clone), "rev-parse", "--short", "HEAD"],
+                                          capture_output=True, text=True).stdout.strip()
     if code == 0:
         result.update(read_run(out))
     return result
