@@ -11,7 +11,8 @@ It times, alternately and `--repeats` times each, the plain baseline (`model.gen
 length-sorted left-padded batches, transformers' default dynamic cache) and llmft's evaluation path
 (`evaluation.generate.generate_tokens` inside `inference_ready`) on the same fp32 model, and, unless `--eval-dtype
 false`, llmft's path on a copy in the dtype `llmft eval` picks by default (bf16 where this CPU's bf16 matmuls measure
-faster; base weights in that dtype, the adapter in fp32 and unmerged, as `llmft eval` holds it); each row says how
+faster; base weights in that dtype and the adapter loaded in fp32 as `llmft eval` loads it, then run unmerged in the
+base's dtype by `inference_ready`); each row says how
 many of its completions equal the baseline's.
 
     .venv/bin/python bench/generate_throughput.py --eval-data runs/demo/data [--repeats 2]

@@ -92,17 +92,31 @@ def test_the_output_head_sees_a_contiguous_input_while_generating(tuned):
     assert not head._forward_pre_hooks
 
 
-def test_a_bf16_base_keeps_its_adapter_beside_it(tuned):
-    """Merging into bf16 weights would round the adapter's update to bf16's mantissa: the adapter stays unmerged."""
+def test_a_bf16_base_keeps_its_adapter_beside_it_in_bf16(tuned):
+    """Merging into bf16 weights would round the adapter's update to bf16's mantissa: the adapter stays unmerged, and
+    runs in bf16 (PEFT loads it in fp32) while scored, its fp32 weights back afterwards."""
     import copy
 
-    model, _ = tuned
+    model, tokenizer = tuned
     half = copy.deepcopy(model)
     for name, param in half.named_parameters():
         if "lora_" not in name:
             param.data = param.data.to(torch.bfloat16)
-    with gen.inference_ready(half) as ready:
+    lora = {name: param.detach().clone() for name, param in half.named_parameters() if "lora_" in name}
+    ids = tokenizer(PROMPTS[1], return_tensors="pt").input_ids
+    with torch.no_grad():
+        with half.disable_adapter():
+            base_logits = half(ids).logits.float()
+        fp32_adapter = half(ids).logits.float()
+    with gen.inference_ready(half) as ready, torch.no_grad():
         assert ready is half and not any(getattr(m, "merged", False) for m in half.modules())
+        assert {p.dtype for n, p in half.named_parameters() if "lora_" in n} == {torch.bfloat16}
+        bf16_adapter = half(ids).logits.float()
+    # the adapter's effect survives in bf16: far closer to the fp32 adapter's logits than to the base's
+    assert (bf16_adapter - fp32_adapter).abs().mean() < 0.2 * (base_logits - fp32_adapter).abs().mean()
+    for name, param in half.named_parameters():
+        if "lora_" in name:
+            assert param.dtype == torch.float32 and torch.equal(param, lora[name])
 
 
 def test_greedy_ignores_the_model_generation_config(tuned):

@@ -264,7 +264,7 @@ def _evaluate_locked(run_dir: Path, cfg: EvalConfig, trust_remote_code: bool) ->
         with _base_model(run_dir, model, dtype, trust_remote_code) as base:
             results["base"], predictions["base"], scores["base"] = score_model(
                 base, tokenizer, records, prompts, examples, info, cfg, "base")
-    with inference_ready(model) as tuned:       # a LoRA adapter merged into the weights while it is scored
+    with inference_ready(model) as tuned:       # LoRA merged (fp32 base) or run in the base's bf16 while scored
         results["tuned"], predictions["tuned"], scores["tuned"] = score_model(
             tuned, tokenizer, records, prompts, examples, info, cfg, "tuned")
 

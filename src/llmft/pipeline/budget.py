@@ -199,7 +199,7 @@ def median_prompts(lengths: list[int], count: int) -> list[int]:
 
 def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int, bf16: str = "auto") -> GenerationRate:
     """Prefill rate and decode step time of the evaluation model as `evaluate_run` holds it: in the dtype `bf16`
-    (eval.bf16) gives, the adapter attached and merged where `evaluate_run` merges it (fp32 only), so its layers
+    (eval.bf16) gives, the adapter attached and held as `evaluate_run` holds it (`inference_ready`), so its layers
     cost what the tuned model's do. Prefill: one eval batch of median-length prompts, left-padded as evaluation
     batches them (timed one at a time, prompts ran slower per token: the SuperNI estimate was 1.6x the real time in
     bf16). Decode: `PROBE_NEW_TOKENS` steps of a full eval batch of short prompt tails against the KV cache, so the
