@@ -93,6 +93,7 @@ class FakeLog:
 def fake_fit(max_steps: int, per_task: int, prepared: int) -> dict:
     return {"budget_minutes": 10.0, "max_steps": max_steps, "eval_tasks": 2, "eval_per_task": per_task,
             "eval_per_task_prepared": prepared, "eval_records": 2 * per_task, "load_average": [3.0, 3.0, 3.0],
+            "step_margin": 1.3,
             "fit": {"steps": max_steps, "step_s": 9.0, "train_s": 9.0 * max_steps, "capped_by_epochs": False,
                     "spent_s": 70.0, "eval_s": 120.0, "train_overhead_s": 20.0, "reserve_s": 24.0},
             "training": {"tokens_per_s": 250.0, "step_s": 7.5}, "generation": {"prefill_tokens_per_s": 400.0,

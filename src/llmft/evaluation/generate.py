@@ -143,18 +143,18 @@ def inference_ready(model):
     bf16 beside it instead: the update is rounded at the layer's output, not into the weights (SuperNI run C, the same
     160 records: fp32 adapter 42.6, bf16 adapter 42.5, 134 completions equal) and generation took 98 s instead of
     125. Anything else (no adapter, DoRA, a quantized base, several or disabled adapters) passes through unchanged."""
-    if _single_lora(model) and _lora_base_dtype(model) == torch.float32:
+    base_dtype = _lora_base_dtype(model) if _single_lora(model) else None
+    if base_dtype == torch.float32:
         model.merge_adapter()
         try:
             yield model
         finally:
             model.unmerge_adapter()
-        return
-    if _single_lora(model) and _lora_base_dtype(model) in (torch.bfloat16, torch.float16):
-        with _adapter_in(model, _lora_base_dtype(model)):
+    elif base_dtype in (torch.bfloat16, torch.float16):
+        with _adapter_in(model, base_dtype):
             yield model
-        return
-    yield model
+    else:
+        yield model
 
 
 @contextlib.contextmanager

@@ -405,7 +405,7 @@ def describe(result: dict) -> str:
     cut = (f", cut from {result['eval_per_task_prepared']} to fit"
            if result["eval_per_task"] < result["eval_per_task_prepared"] else "")
     return (f"[budget] {result['budget_minutes']:g} min: {fit['steps']} steps x {fit['step_s']:.1f} s "
-            f"(measured {training['step_s']:.1f} s, planned with a {result.get('step_margin', 1.3):g}x margin) "
+            f"(measured {training['step_s']:.1f} s, planned with a {result['step_margin']:g}x margin) "
             f"({training['tokens_per_s']:.0f} tokens/s) = {fit['train_s'] / 60:.1f} min of training"
             f"{' (capped by the recipe)' if fit['capped_by_epochs'] else ''}"
             f"{' (the minimum of budget_min_steps: this machine is too slow or too busy for the budget)' if fit.get('over_budget') else ''}; spent {fit['spent_s']:.0f} s; "
