@@ -96,6 +96,23 @@ def matmul_gflops(size: int = 2048, dtype: str = "bfloat16", repeats: int = 5, m
     return 2 * size**3 / best / 1e9
 
 
+def counting_sft_trainer(counts: dict):
+    """TRL's SFTTrainer that adds each step's real (attention-mask sum, or the packed row length when
+    padding-free), padding and trainable (label != -100) tokens to `counts`."""
+    from trl import SFTTrainer
+
+    class CountingSFTTrainer(SFTTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+            real = int(mask.sum()) if mask is not None else ids.numel()
+            counts["real"] += real
+            counts["padded"] += ids.numel() - real
+            counts["trainable"] += int((inputs["labels"] != -100).sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return CountingSFTTrainer
+
+
 def versions(*packages: str) -> dict[str, str]:
     out = {}
     for name in packages:

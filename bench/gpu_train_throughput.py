@@ -170,7 +170,7 @@ def run_trl(args, method: str) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from llmft import io
 
@@ -187,23 +187,16 @@ def run_trl(args, method: str) -> dict:
         model_init_kwargs={"dtype": "bfloat16"}, logging_steps=10, save_strategy="no", report_to="none", seed=0)
     peft_config = (LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                               target_modules="all-linear", task_type="CAUSAL_LM") if method == "lora" else None)
-    real = [0]
-
-    class CountingSFTTrainer(SFTTrainer):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            mask = inputs.get("attention_mask")
-            real[0] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-            return super().training_step(model, inputs, num_items_in_batch)
-
+    counts = {"real": 0, "trainable": 0, "padded": 0}
     dataset = Dataset.from_list(list(io.read_jsonl(args.work / "trl.jsonl")))
-    trainer = CountingSFTTrainer(model=str(args.model), args=config, train_dataset=dataset,
+    trainer = _common.counting_sft_trainer(counts)(model=str(args.model), args=config, train_dataset=dataset,
                                  processing_class=tokenizer, peft_config=peft_config)
     start = time.perf_counter()
     out = trainer.train()
     if args.device == "cuda":
         torch.cuda.synchronize()
     loop_s = time.perf_counter() - start
-    return {**info, "loop_s": loop_s, "real_tokens": real[0], "steps": out.global_step,
+    return {**info, "loop_s": loop_s, "real_tokens": counts["real"], "steps": out.global_step,
             "final_loss": out.training_loss, "params": sum(p.numel() for p in trainer.model.parameters()),
             "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
             "liger": liger, **memory(args.device)}

@@ -146,7 +146,7 @@ def run_trl(work: Path, threads: int, packing: bool, grad_checkpointing: bool, d
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from llmft import io
     from llmft.training.model import resolve_model
@@ -171,17 +171,7 @@ def run_trl(work: Path, threads: int, packing: bool, grad_checkpointing: bool, d
     peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                              target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
     counts = {"real": 0, "trainable": 0, "padded": 0}
-
-    class CountingSFTTrainer(SFTTrainer):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            ids = inputs["input_ids"]
-            real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else ids.numel()
-            counts["real"] += real
-            counts["padded"] += ids.numel() - real
-            counts["trainable"] += int((inputs["labels"] != -100).sum())
-            return super().training_step(model, inputs, num_items_in_batch)
-
-    trainer = CountingSFTTrainer(model=folder, args=args, train_dataset=dataset, processing_class=tokenizer,
+    trainer = _common.counting_sft_trainer(counts)(model=folder, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  peft_config=peft_config)
     torch.set_num_threads(threads)
     start, cpu_start = time.perf_counter(), time.process_time()
