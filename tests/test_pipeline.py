@@ -293,6 +293,21 @@ def test_real_datasets_skip_the_demo(tmp_path, raw_dir):
     assert saved["data"]["alpaca"] == [str(alpaca)] and saved["data"]["natural_instructions"] == []
 
 
+def test_a_run_folders_recipe_reproduces_the_run(tmp_path, raw_dir):
+    """`llmft run --recipe OLD/recipe.yaml --out NEW`: the same recipe name, keys and datasets, no demo data."""
+    alpaca = next(raw_dir.glob("alpaca/*.json"))
+    recipe = recipes.load_recipe("demo", ["data.workers=1", "data.split=random", "budget_minutes=0", "train.lr=5e-4"])
+    pipeline.run_pipeline(recipe, tmp_path / "old", sources={"alpaca": [str(alpaca)]}, stages=FakeStages().stages,
+                          echo=lambda line: None)
+    again = recipes.load_recipe(str(tmp_path / "old" / "recipe.yaml"))
+    assert (again.name, again.train.lr, again.data.alpaca) == ("demo", 5e-4, [str(alpaca)])
+    fakes = FakeStages()
+    pipeline.run_pipeline(again, tmp_path / "new", stages=fakes.stages, echo=lambda line: None)
+    assert fakes.calls == ["prepare", "train", "evaluate"] and not (tmp_path / "new" / "raw").exists()
+    old, new = (yaml.safe_load((tmp_path / run / "recipe.yaml").read_text()) for run in ("old", "new"))
+    assert new["data"] == old["data"] and new["train"]["lr"] == 5e-4 and new["recipe"] == "demo"
+
+
 def test_cli_runs_the_pipeline_and_prints_the_closing_summary(tmp_path, monkeypatch, capsys):
     fakes = FakeStages()
     monkeypatch.setattr(pipeline, "default_stages", lambda: fakes.stages)

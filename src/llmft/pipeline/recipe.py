@@ -81,6 +81,7 @@ def load_recipe(name_or_path: str = "demo", overrides: list[str] | None = None) 
     if not isinstance(loaded, dict):
         raise LlmftError(f"{label}: expected a mapping with data:, train:, eval: and run-level keys")
     extra = split_overrides(overrides or [])
+    name = loaded.pop("recipe", None) or label     # a run folder's saved recipe.yaml names the recipe it came from
     parts = {}
     for section, cls in SECTIONS.items():
         body = loaded.pop(section, None) or {}
@@ -89,7 +90,7 @@ def load_recipe(name_or_path: str = "demo", overrides: list[str] | None = None) 
         parts[section] = from_dict(cls, {**_underscored(body), **extra[section]}, f"{label} [{section}]")
     run = from_dict(RunConfig, {**_underscored(loaded), **extra["run"]}, f"{label} (run-level keys)")
     check(run)
-    return Recipe(label, run, **parts)
+    return Recipe(str(name), run, **parts)
 
 
 def _underscored(mapping: dict) -> dict:
@@ -120,6 +121,11 @@ def demo_sources(raw: Path) -> dict[str, list[str]]:
             "natural_instructions": [str(raw / "natural_instructions")],
             "unnatural_instructions": [str(raw / "unnatural_instructions" / "core_data.jsonl")],
             "chat": [str(raw / CHAT_FILE)]}
+
+
+def named_sources(recipe: Recipe) -> dict[str, list[str]]:
+    """The dataset paths the recipe itself names (a run folder's recipe.yaml names those it was run on)."""
+    return {key: list(paths) for key in SOURCE_KEYS if (paths := getattr(recipe.data, key))}
 
 
 def resolve_recipe(recipe: Recipe, out: str | Path, sources: dict[str, list[str]] | None = None) -> Recipe:

@@ -18,7 +18,7 @@ from llmft.config import DataConfig, EvalConfig, TrainConfig
 from llmft.errors import LlmftError
 from llmft.evaluation.report import build_summary, closing_summary, render_report, seen_vs_unseen, trained_tasks
 from llmft.pipeline.layout import Layout
-from llmft.pipeline.recipe import Recipe, resolve_recipe, save_or_check_recipe
+from llmft.pipeline.recipe import Recipe, named_sources, resolve_recipe, save_or_check_recipe
 
 
 # ---------------------------------------------------------------- the stages (injectable)
@@ -112,6 +112,7 @@ def run_pipeline(recipe: Recipe, out: str | Path, *, sources: dict[str, list[str
 
     stages = stages or default_stages()
     layout = Layout(Path(out))
+    sources = sources or named_sources(recipe)     # none given: those the recipe names, else the demo data
     recipe = resolve_recipe(recipe, layout.out, sources)
     with own_folder(layout.out, "run"):
         return _run_stages(recipe, layout, sources, stages, echo)
