@@ -48,6 +48,8 @@ SHAPES = {   # LlamaConfig keys besides the vocabulary
                      num_key_value_heads=8, rope_theta=500000.0),
     "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, rope_theta=10000.0),
+    "check": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,   # gpu_check.sh
+                  num_key_value_heads=2, rope_theta=10000.0),
 }
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 LR = {"lora": 2e-4, "full": 2e-5}
