@@ -97,7 +97,7 @@ def _cut_at_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
 
 def to_inference_device(model):
     """Put a freshly loaded model on the GPU when there is one (loading leaves it on the CPU)."""
-    if torch.cuda.is_available() and _model_device(model).type == "cpu":
+    if torch.cuda.is_available() and model_device(model).type == "cpu":
         model = model.to("cuda")
     return model
 
@@ -112,7 +112,7 @@ def inference_dtype(setting: str = "auto") -> torch.dtype:
     return torch.bfloat16 if choose_compute_dtype(setting, device).bf16 else torch.float32
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -215,7 +215,7 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], options: Generatio
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise LlmftError(f"prompt {empty[0] + 1} is empty: nothing to generate from")
-    device = _model_device(model)
+    device = model_device(model)
     results: list[list[int]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
