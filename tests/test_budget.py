@@ -275,6 +275,29 @@ def test_probes_measure_a_tiny_model_on_real_records(tmp_path, raw_dir, smol_tok
     assert generation.prefill_tokens_per_s > 0 and generation.decode_step_s > 0
 
 
+def test_eval_inputs_count_the_prompts_evaluation_generates_from(tmp_path, raw_dir, smol_tokenizer):
+    """Cut to max_length as training cuts them: rendered whole, SuperNI prompts priced 1.4x the real prefill."""
+    from llmft import io
+    from llmft.config import DataConfig, TrainConfig
+    from llmft.data.prompts import render
+    from llmft.data.records import Record
+    from llmft.data.sources import natural_instructions
+    from llmft.evaluation.generate import encode_prompt
+    from tiny_models import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny", smol_tokenizer)
+    task = raw_dir / "natural_instructions" / "tasks" / "task1319_country_by_barcode_prefix.json"
+    records = [r.to_dict() for r in natural_instructions.read(task, DataConfig()) if isinstance(r, Record)][:6]
+    io.write_jsonl(tmp_path / "test.jsonl", records)
+    cfg = TrainConfig(model=str(model), template="superni", k_positive=2, max_length=128)
+    inputs = budget.eval_inputs(tmp_path / "test.jsonl", cfg, EvalConfig())
+    whole = [len(encode_prompt(smol_tokenizer, render(r, "superni", k_positive=2)[0])) for r in records]
+    assert min(whole) > 128                                          # every rendered prompt is longer than max_length
+    assert all(0 < p and p + r <= 128 and r > 0 for p, r in zip(inputs["prompt_lengths"], inputs["response_lengths"]))
+    assert [len(p) for p in inputs["prompts"]] == inputs["prompt_lengths"]
+    assert inputs["tasks"] == [r["task"] for r in records]
+
+
 def test_floor_steps_train_over_budget_instead_of_failing():
     fit = budget.fit_steps(budget_s=300, spent_s=100, step_s=9.0, eval_s=180, train_overhead_s=5, floor_steps=30,
                            max_steps=120)

@@ -6,8 +6,9 @@ The budget covers preparation, training and evaluation. After `prepare`, `fit_re
 2. probes generation: the evaluation model as `evaluate_run` will hold it (in its dtype, the adapter attached):
    a prefill rate (tokens/s) from one batch of median-length eval prompts, and the decode time per new token of a
    full eval batch;
-3. estimates evaluation: every length-sorted generation batch at the full `max_new_tokens` (no early EOS assumed),
-   plus the loss pass over every eval token, for base and tuned, times `EVAL_SAFETY`; when that exceeds
+3. estimates evaluation: every length-sorted generation batch of the prompts evaluation generates from (cut to
+   `max_length` as training cuts them) at the full `max_new_tokens` (no early EOS assumed), plus the loss pass over
+   every eval token, for base and tuned, times `EVAL_SAFETY`; when that exceeds
    `EVAL_SHARE` of what is left, evaluation keeps fewer records per task, never fewer than
    `run.budget_min_eval_per_task` (the first N of each, written to
    `<out>/eval_subset.jsonl` and said in budget.json, the log and the per-task `n` of the report);
@@ -197,13 +198,14 @@ def median_prompts(lengths: list[int], count: int) -> list[int]:
     return order[start:start + count]
 
 
-def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int, bf16: str = "auto") -> GenerationRate:
+def measure_generation(cfg: TrainConfig, prompts: list, batch_size: int, bf16: str = "auto") -> GenerationRate:
     """Prefill rate and decode step time of the evaluation model as `evaluate_run` holds it: in the dtype `bf16`
     (eval.bf16) gives, the adapter attached and held as `evaluate_run` holds it (`inference_ready`), so its layers
     cost what the tuned model's do. Prefill: one eval batch of median-length prompts, left-padded as evaluation
     batches them (timed one at a time, prompts ran slower per token: the SuperNI estimate was 1.6x the real time in
     bf16). Decode: `PROBE_NEW_TOKENS` steps of a full eval batch of short prompt tails against the KV cache, so the
-    probe stays cheap however long the eval prompts are."""
+    probe stays cheap however long the eval prompts are. `prompts`: texts, or token id lists as `eval_inputs` gives
+    them."""
     from llmft.evaluation.generate import contiguous_head_input, encode_prompt, inference_dtype, inference_ready
     from llmft.training.model import attach_adapter, load_model, load_tokenizer
 
@@ -216,7 +218,7 @@ def measure_generation(cfg: TrainConfig, prompts: list[str], batch_size: int, bf
     model.eval()
     load_s = time.perf_counter() - started
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
     tails = [encoded[i % len(encoded)][-DECODE_PROBE_CONTEXT:] for i in range(batch_size)]
     tail_ids, tail_mask = _left_padded(tails, pad_id)
     with inference_ready(model), contiguous_head_input(model):     # as evaluate_run scores the tuned model
@@ -251,7 +253,9 @@ def _decode_step_s(model, ids, mask, steps: int) -> float:
     step cannot move (a make run's probe said 0.30 s where four repeated probes measured 0.13-0.18 s)."""
     import torch
 
-    device = next(model.parameters()).device
+    from llmft.evaluation.generate import model_device
+
+    device = model_device(model)
     ids, mask = ids.to(device), mask.to(device)
     times = []
     with torch.no_grad():
@@ -270,9 +274,11 @@ def _generate(model, ids, mask, new_tokens: int) -> float:
     import torch
     from transformers import GenerationConfig
 
+    from llmft.evaluation.generate import model_device
+
     config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               use_cache=True, pad_token_id=0)
-    device = next(model.parameters()).device
+    device = model_device(model)
     started = time.perf_counter()
     with torch.no_grad():
         model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
@@ -282,18 +288,19 @@ def _generate(model, ids, mask, new_tokens: int) -> float:
 # ---------------------------------------------------------------- the pipeline hook
 
 def eval_inputs(test_jsonl: Path, cfg: TrainConfig, eval_cfg: EvalConfig) -> dict:
-    """Tasks, prompts, prompt and response token counts of the records `evaluate_run` would score."""
-    from llmft.evaluation.evaluate import load_eval_records
-    from llmft.evaluation.generate import encode_prompt
+    """Tasks, prompt token ids and prompt and response token counts of the records `evaluate_run` would score: the
+    prompts it generates from (`eval_examples`: cut to `max_length` as training cuts them; rendered in full, the
+    SuperNI prompts counted 1.4x the tokens evaluation prefilled)."""
+    from llmft.evaluation.evaluate import eval_examples, load_eval_records
     from llmft.training.model import load_tokenizer
-    from llmft.data.prompts import render
 
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     records = load_eval_records(test_jsonl, eval_cfg.limit)
-    rendered = [render(r, cfg.template, tokenizer=tokenizer, k_positive=cfg.k_positive) for r in records]
-    return {"tasks": [r.get("task", "unknown") for r in records], "prompts": [p for p, _ in rendered],
-            "prompt_lengths": [len(encode_prompt(tokenizer, p)) for p, _ in rendered],
-            "response_lengths": [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + 1 for _, r in rendered]}
+    info = {"template": cfg.template, "max_length": cfg.max_length, "k_positive": cfg.k_positive}
+    prompts, examples = eval_examples(records, tokenizer, info)
+    return {"tasks": [r.get("task", "unknown") for r in records], "prompts": prompts,
+            "prompt_lengths": [len(p) for p in prompts],
+            "response_lengths": [len(e[0]) - len(p) if e else 0 for p, e in zip(prompts, examples)]}
 
 
 def first_per_task(tasks: list[str], n: int) -> list[int]:
