@@ -264,9 +264,15 @@ def _decode_step_s(model, ids, mask, steps: int) -> float:
             started = time.perf_counter()
             token = out.logits[:, -1:].argmax(-1)
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            out = model(input_ids=token, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=token, attention_mask=mask, use_cache=True, **_cache_of(out))
             times.append(time.perf_counter() - started)
     return statistics.median(times[1:])
+
+
+def _cache_of(out) -> dict:
+    """The KV cache keyword of the next forward: `cache` since transformers 5.x renamed it (the old name warns),
+    `past_key_values` before."""
+    return {"cache": out["cache"]} if "cache" in out else {"past_key_values": out.past_key_values}
 
 
 def _generate(model, ids, mask, new_tokens: int) -> float:
