@@ -21,7 +21,7 @@ def test_fit_steps_gives_training_what_is_left():
     assert fit.steps == 70 and fit.train_s == 560.0 and not fit.capped_by_epochs
     assert fit.to_dict() == {"steps": 70, "budget_s": 900, "spent_s": 60, "eval_s": 200, "train_overhead_s": 40,
                              "reserve_s": 36.0, "step_s": 8.0, "train_s": 560.0, "capped_by_epochs": False,
-                             "over_budget": False}
+                             "over_budget": False, "train_limit_s": 564.0}   # all 564 s: steps are re-fitted
 
 
 def test_fit_steps_slower_machine_fewer_steps_and_minimum_reserve():
@@ -186,6 +186,23 @@ def test_demo_budget_trains_fewer_steps_on_a_slow_machine_and_at_most_the_recipe
     loss = 105 * 110 / 2000 if recipe.eval.loss else 0.0
     assert fit["eval_s"] == pytest.approx(round(budget.EVAL_SAFETY * (3.0 + 2 * (generation + loss)), 2))
     assert slow["eval_per_task"] == slow["eval_per_task_prepared"] == 5
+    # training gets all that is left as its time limit (it re-fits its steps to it), at most the recipe's steps
+    assert 60 * slow["time_limit_minutes"] == pytest.approx(budget_s - shares, abs=0.01)
+    assert slow["most_steps"] == fast["most_steps"] == recipe.train.max_steps
+
+
+def test_fit_recipe_gives_training_the_time_limit_and_keeps_the_recipe_cap(tmp_path, monkeypatch):
+    from llmft.pipeline.layout import Layout
+    from llmft.pipeline.recipe import load_recipe
+
+    recipe = load_recipe("demo")
+    monkeypatch.setattr(budget, "measure_and_fit", lambda rec, data_dir, spent_s: {
+        **fake_fit(42, 20, 20), "most_steps": 120, "time_limit_minutes": 6.3})
+    log = FakeLog({})
+    out = budget.fit_recipe(recipe, Layout(tmp_path), log)
+    assert out.train.time_limit_minutes == 6.3 and out.train.max_steps == recipe.train.max_steps == 120
+    assert "42 steps x 9.0 s" in log.lines[0]
+    assert "(re-fitted while training to end within 6.3 min, at most 120 steps)" in log.lines[0]
 
 
 def test_step_cap_prefers_the_recipe_steps_over_epochs():
@@ -301,7 +318,7 @@ def test_eval_inputs_count_the_prompts_evaluation_generates_from(tmp_path, raw_d
 def test_floor_steps_train_over_budget_instead_of_failing():
     fit = budget.fit_steps(budget_s=300, spent_s=100, step_s=9.0, eval_s=180, train_overhead_s=5, floor_steps=30,
                            max_steps=120)
-    assert fit.steps == 30 and fit.over_budget
+    assert fit.steps == 30 and fit.over_budget and fit.train_limit_s == 0   # the floor, with no time limit
     roomy = budget.fit_steps(budget_s=900, spent_s=0, step_s=1.0, eval_s=0, reserve_s=0, max_steps=120,
                              floor_steps=30)
     assert roomy.steps == 120 and not roomy.over_budget

@@ -331,3 +331,60 @@ def test_cpu_rows_hold_the_same_activation_bytes_in_fp32_as_in_bf16():
     assert row_cap(TrainConfig(max_length=2048, batch_tokens=4096), cpu, bf16=False) == 2048
     assert row_cap(TrainConfig(max_length=256, batch_tokens=384), cpu, bf16=True) == 384
     assert row_cap(TrainConfig(max_length=512, batch_tokens=4096, row_tokens=2048), cpu, bf16=False) == 2048
+
+
+# ---------------------------------------------------------------- a time limit re-fits the steps
+
+@pytest.mark.parametrize("warmup,total", [(0, 1), (3, 40), (12, 222), (6, 120)])
+def test_the_schedule_is_transformers_cosine_with_warmup(warmup, total):
+    from transformers import get_cosine_schedule_with_warmup
+
+    from llmft.training.optim import CosineWithWarmup
+
+    reference = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+                                                warmup, total).lr_lambdas[0]
+    ours = CosineWithWarmup(warmup, total)
+    assert all(abs(ours(step) - reference(step)) < 1e-12 for step in range(total + 2))
+
+
+class TickingClock:
+    """time.perf_counter for the trainer module: every call advances by `tick`, so an optimizer step (timed by two
+    calls) measures exactly `tick` seconds."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_a_time_limit_refits_the_steps_and_the_decay_and_survives_a_resume(tmp_path, data_dir, llama_base,
+                                                                          monkeypatch):
+    from llmft.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "time", TickingClock(0.5))
+    kw = dict(max_steps=40, time_limit_minutes=10 / 60, save_every=4, warmup_ratio=0.1)   # 10 s at 0.5 s a step
+    whole = train(make_cfg(data_dir, tmp_path / "whole", llama_base, **kw))
+    assert whole["steps"] == 20 and whole["most_steps"] == 40 and whole["train_seconds"] == 10.0
+    assert whole["refits"][0] == {"step": 2, "mean_step_s": 0.5, "from": 40, "to": 20}
+    lrs = [r["lr"] for r in metrics(tmp_path / "whole") if "lr" in r]
+    assert lrs[-1] < 0.01 * max(lrs)            # the cosine decayed over the 20 steps, not the planned 40
+
+    assert train(make_cfg(data_dir, tmp_path / "parted", llama_base, **kw), stop_after=9) is None
+    monkeypatch.setattr(trainer_module, "time", TickingClock(0.5))
+    resumed = train(make_cfg(data_dir, tmp_path / "parted", llama_base, resume=True, **kw))
+    assert resumed["resumed_from_step"] == 9 and resumed["steps"] == 20
+    assert [r["lr"] for r in metrics(tmp_path / "parted") if "lr" in r] == lrs
+
+
+def test_a_slower_machine_than_planned_ends_early_a_faster_one_never_passes_the_most(tmp_path, data_dir, llama_base,
+                                                                                   monkeypatch):
+    from llmft.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "time", TickingClock(2.0))
+    slow = train(make_cfg(data_dir, tmp_path / "slow", llama_base, max_steps=12, time_limit_minutes=0.25))
+    assert slow["steps"] == 7 and slow["train_seconds"] <= 15.0
+    monkeypatch.setattr(trainer_module, "time", TickingClock(0.01))
+    fast = train(make_cfg(data_dir, tmp_path / "fast", llama_base, max_steps=12, time_limit_minutes=0.25))
+    assert fast["steps"] == 12 and fast["refits"] == []

@@ -12,9 +12,12 @@ The budget covers preparation, training and evaluation. After `prepare`, `fit_re
    `EVAL_SHARE` of what is left, evaluation keeps fewer records per task, never fewer than
    `run.budget_min_eval_per_task` (the first N of each, written to
    `<out>/eval_subset.jsonl` and said in budget.json, the log and the per-task `n` of the report);
-4. gives training what is left after what was spent, the evaluation estimate, the training setup and a reserve.
+4. gives training what is left after what was spent, the evaluation estimate, the training setup and a reserve,
+   as `train.time_limit_minutes`: the trainer re-fits its total steps to that time from its own measured steps (the
+   probe's few steps misjudged whole runs by 0.9-1.4x), so the fitted step count here is only the probe's guess.
+   When even `run.budget_min_steps` do not fit, those steps are trained with no time limit (and overrun).
 
-`train.max_steps` when set, else `train.epochs`, caps the fitted steps (a fast machine does not loop over the data
+`train.max_steps` when set, else `train.epochs`, caps the steps (a fast machine does not loop over the data
 endlessly). The fit is saved in `<out>/budget.json`, so a rerun that resumes an interrupted training reuses it instead of measuring again.
 """
 from __future__ import annotations
@@ -63,6 +66,7 @@ class StepFit:
     train_s: float           # what the fitted steps should take
     capped_by_epochs: bool
     over_budget: bool = False    # fewer than `floor_steps` fitted: the floor is trained anyway
+    train_limit_s: float = 0.0   # all the budget leaves for the optimizer steps (0 when over budget: the floor rules)
 
     def to_dict(self) -> dict:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
@@ -96,7 +100,7 @@ def fit_steps(*, budget_s: float, spent_s: float, step_s: float, eval_s: float, 
             f"--budget-minutes, or evaluate less (data.test_instances_per_task, eval.max_new_tokens)")
     return StepFit(steps=steps, budget_s=budget_s, spent_s=spent_s, eval_s=eval_s, train_overhead_s=train_overhead_s,
                    reserve_s=reserve, step_s=step_s, train_s=steps * step_s, capped_by_epochs=capped,
-                   over_budget=over)
+                   over_budget=over, train_limit_s=0.0 if over else max(left, 0.0))
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -372,7 +376,8 @@ def measure_and_fit(recipe, data_dir: Path, spent_s: float) -> dict:
     fit = fit_steps(budget_s=budget_s, spent_s=spent_s + probes_s, step_s=margin * training.step_s, eval_s=eval_s,
                     train_overhead_s=overhead_s, max_steps=cap, floor_steps=recipe.run.budget_min_steps)
     given = max(Counter(inputs["tasks"]).values())
-    return {"budget_minutes": recipe.run.budget_minutes, "max_steps": fit.steps, "fit": fit.to_dict(),
+    return {"budget_minutes": recipe.run.budget_minutes, "max_steps": fit.steps, "most_steps": cap,
+            "time_limit_minutes": round(fit.train_limit_s / 60.0, 4), "fit": fit.to_dict(),
             "training": training.to_dict(), "generation": generation.to_dict(),
             "eval_tasks": len(set(inputs["tasks"])), "eval_per_task": per_task, "eval_per_task_prepared": given,
             "eval_records": len(indices), "eval_prompt_tokens": sum(inputs["prompt_lengths"][i] for i in indices),
@@ -398,7 +403,11 @@ def fit_recipe(recipe, layout, log):
         io.write_json(path, result)
         log.echo(describe(result))
     fitted = io.load_json(path)
-    train = dataclasses.replace(recipe.train, max_steps=fitted["max_steps"])
+    if fitted.get("time_limit_minutes"):
+        # the recipe's most steps, re-fitted during training to the time left (the fit above is the probe's guess)
+        train = dataclasses.replace(recipe.train, time_limit_minutes=fitted["time_limit_minutes"])
+    else:
+        train = dataclasses.replace(recipe.train, max_steps=fitted["max_steps"])
     evaluation = recipe.eval
     if fitted["eval_per_task"] < fitted["eval_per_task_prepared"]:
         evaluation = dataclasses.replace(recipe.eval, data=str(subset))
@@ -420,6 +429,7 @@ def describe(result: dict) -> str:
     return (f"[budget] {result['budget_minutes']:g} min: {fit['steps']} steps x {fit['step_s']:.1f} s "
             f"(measured {training['step_s']:.1f} s, planned with a {result['step_margin']:g}x margin) "
             f"({training['tokens_per_s']:.0f} tokens/s) = {fit['train_s'] / 60:.1f} min of training"
+            f"{_refit_note(result)}"
             f"{' (capped by the recipe)' if fit['capped_by_epochs'] else ''}"
             f"{' (the minimum of budget_min_steps: this machine is too slow or too busy for the budget)' if fit.get('over_budget') else ''}; spent {fit['spent_s']:.0f} s; "
             f"evaluation: the first {result['eval_per_task']} of each of {result['eval_tasks']} tasks{cut} = "
@@ -427,3 +437,9 @@ def describe(result: dict) -> str:
             f"(prefill {generation['prefill_tokens_per_s']:.0f} tokens/s, decode {generation['decode_step_s']:.2f} "
             f"s/token); setup {fit['train_overhead_s']:.0f} s, reserve {fit['reserve_s']:.0f} s; "
             f"load average {result['load_average'][0]:.1f}")
+
+
+def _refit_note(result: dict) -> str:
+    limit = result.get("time_limit_minutes")
+    return (f" (re-fitted while training to end within {limit:.1f} min, at most {result['most_steps']} steps)"
+            if limit else "")

@@ -56,8 +56,25 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, device: t
         return torch.optim.AdamW(groups, lr=cfg.lr, foreach=device.type != "cpu" or None)
 
 
+class CosineWithWarmup:
+    """The learning-rate factor of step `step`: linear warm-up over `warmup` steps, then a cosine decay to 0 at
+    `total` (transformers' get_cosine_schedule_with_warmup). A callable object, not a closure: LambdaLR saves its
+    `__dict__` with the scheduler state, so a `total` re-fitted under a time limit survives a resume."""
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def make_scheduler(optimizer, total_steps: int, warmup_ratio: float):
-    from transformers import get_cosine_schedule_with_warmup
+    return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                             CosineWithWarmup(math.ceil(warmup_ratio * total_steps), total_steps))
 
-    return get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
 
+def schedule_of(scheduler) -> CosineWithWarmup:
+    return scheduler.lr_lambdas[0]

@@ -16,6 +16,7 @@ uninterrupted run drew.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -35,10 +36,14 @@ from llmft.training.distributed import check_fsdp, is_fsdp, make_accelerator
 from llmft.training.trackers import PROJECT, finish_trackers, loggable_config, make_trackers, tracker_names
 from llmft.training.losses import CausalLMLoss
 from llmft.training.model import load_tokenizer, resolve_model
-from llmft.training.optim import build_model, make_optimizer, make_scheduler, trainable_parameters, uses_chunked_loss
+from llmft.training.optim import (build_model, make_optimizer, make_scheduler, schedule_of, trainable_parameters,
+                                  uses_chunked_loss)
 from llmft.training.plan import filler_batch, make_plan, rank_passes, row_cap, split_rows, step_micro_batches
 from llmft.training.tokenize import tokenize_records
 
+
+REFITS_PER_RUN = 20         # time limit: how often over the planned steps the total is re-fitted
+REFIT_GROW_UNTIL = 0.5      # ... lengthened only in the first half: later, the cosine decay would jump back up
 
 
 class Trainer:
@@ -111,10 +116,14 @@ class Trainer:
                                                         make_optimizer(self.params, cfg, self.device))
         self.scheduler = make_scheduler(self.optimizer.optimizer, self.plan.total_steps, cfg.warmup_ratio)
         self.progress = Progress()
+        self.most_steps = self.plan.total_steps     # a time limit re-fits the total below this, never above
+        self.step_times: list[float] = []           # this process's optimizer steps, for the time limit
+        self.refits: list[dict] = []
         checkpoints = list_checkpoints(self.run_dir) if cfg.resume else []
         if checkpoints:
             self.progress = load_checkpoint(checkpoints[-1], self.model, self.wrapped, self.optimizer.optimizer,
                                             self.scheduler, self.plan)
+            self.plan.total_steps = schedule_of(self.scheduler).total   # as re-fitted before the interruption
         if self.acc.is_main_process:
             self._write_run_files(attention)
         self.acc.wait_for_everyone()
@@ -241,7 +250,10 @@ class Trainer:
                 out = self.train_step()
                 log_now = self.progress.step % cfg.log_every == 0 or self.progress.step == plan.total_steps
                 loss = self.step_loss(out) if log_now else None
-                self.progress.train_seconds += time.perf_counter() - t0
+                self.step_times.append(time.perf_counter() - t0)
+                self.progress.train_seconds += self.step_times[-1]
+                if cfg.time_limit_minutes:
+                    self._fit_to_time_limit(metrics, bar)
                 if log_now and main:
                     self._log_step(metrics, bar, loss, out)
                 bar.update(1)
@@ -259,6 +271,30 @@ class Trainer:
                 metrics.close()
             finish_trackers(self.acc)
         return self._finish()
+
+    def _fit_to_time_limit(self, metrics, bar) -> None:
+        """Re-fit the total steps (and with it the cosine decay) to what `time_limit_minutes` leaves at this process's
+        mean step so far (its first step, kernel selection and allocator growth, left out). Checked
+        `REFITS_PER_RUN` times over the run: it may lengthen the run (up to the planned most) until `REFIT_GROW_UNTIL`
+        of it is done, and shorten it until the end, so a probe that misjudged the machine costs neither the budget
+        nor the steps it would have allowed."""
+        step, plan = self.progress.step, self.plan
+        if len(self.step_times) < 2 or step % max(1, self.most_steps // REFITS_PER_RUN):
+            return
+        measured = torch.tensor([statistics.mean(self.step_times[1:]), self.progress.train_seconds],
+                                dtype=torch.float64, device=self.device)
+        mean_s, spent_s = (float(x) for x in self.acc.reduce(measured, reduction="max"))   # the same on every rank
+        left_s = 60.0 * self.cfg.time_limit_minutes - spent_s
+        total = min(self.most_steps, step + max(0, int(left_s // mean_s)))
+        if total > plan.total_steps and step > REFIT_GROW_UNTIL * plan.total_steps or total == plan.total_steps:
+            return
+        self.refits.append({"step": step, "mean_step_s": round(mean_s, 3), "from": plan.total_steps, "to": total})
+        plan.total_steps = schedule_of(self.scheduler).total = max(total, step)
+        bar.total = plan.total_steps
+        bar.refresh()
+        if metrics:
+            metrics.write({"step": step, "total_steps": plan.total_steps, "mean_step_s": round(mean_s, 3),
+                           "elapsed_s": round(time.perf_counter() - self.started, 3)})
 
     def _log_step(self, metrics, bar, loss: float, out: dict) -> None:
         p = self.progress
@@ -326,6 +362,8 @@ class Trainer:
             "initial_dev_loss": dev_losses[0] if dev_losses else None,
             "final_dev_loss": dev_losses[-1] if dev_losses else None,
             "resumed_from_step": p.resumed_from, "world_size": self.world, "device": str(self.device),
+            **({"time_limit_minutes": self.cfg.time_limit_minutes, "most_steps": self.most_steps,
+                "refits": self.refits} if self.cfg.time_limit_minutes else {}),
             "bf16": self.bf16, **runfolder.peak_memory(),
         }
 
