@@ -271,13 +271,13 @@ class RunConfig:
     """`llmft run`: the run-level keys of a recipe (its data/train/eval sections are the configs above)."""
     demo_instances: int = 60                # instances per demo task type (used when no real dataset is given)
     demo_seed: int = 0
-    budget_minutes: float = 0.0             # > 0: fit train.max_steps to this wall time from measured throughput
+    budget_minutes: float = 0.0             # > 0: fit training to this wall time (train.time_limit_minutes)
     budget_min_steps: int = 0               # with a budget: train at least this many steps, over budget if need be
                                             # (0: refuse a budget that leaves no step)
     budget_min_eval_per_task: int = 1       # with a budget: score at least this many records of each task, however
                                             # long (training gets less time instead)
-    budget_step_margin: float = 1.3         # with a budget: plan each step at this times the probed step time (a
-                                            # whole run's steps averaged 1.31-1.39x the probe on SuperNI data)
+    budget_step_margin: float = 1.3         # with a budget: the probe's step time times this decides whether
+                                            # budget_min_steps fit (training itself re-fits to its measured steps)
 
     def validate(self) -> list[str]:
         problems = []
