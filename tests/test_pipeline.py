@@ -308,6 +308,17 @@ def test_a_run_folders_recipe_reproduces_the_run(tmp_path, raw_dir):
     assert new["data"] == old["data"] and new["train"]["lr"] == 5e-4 and new["recipe"] == "demo"
 
 
+def test_a_demo_runs_recipe_makes_its_own_demo_data(tmp_path):
+    run_small(tmp_path / "old", FakeStages())
+    again = recipes.load_recipe(str(tmp_path / "old" / "recipe.yaml"))
+    assert again.data.alpaca == [str(tmp_path / "old" / "raw" / "alpaca" / "alpaca_data.json")]
+    fakes = FakeStages()
+    summary = pipeline.run_pipeline(again, tmp_path / "new", stages=fakes.stages, echo=lambda line: None)
+    assert fakes.calls[0] == "demo" and (tmp_path / "new" / "raw").is_dir() and summary["demo_data"]
+    saved = yaml.safe_load((tmp_path / "new" / "recipe.yaml").read_text())
+    assert saved["data"]["alpaca"] == [str(tmp_path / "new" / "raw" / "alpaca" / "alpaca_data.json")]
+
+
 def test_cli_runs_the_pipeline_and_prints_the_closing_summary(tmp_path, monkeypatch, capsys):
     fakes = FakeStages()
     monkeypatch.setattr(pipeline, "default_stages", lambda: fakes.stages)

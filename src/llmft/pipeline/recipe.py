@@ -124,8 +124,13 @@ def demo_sources(raw: Path) -> dict[str, list[str]]:
 
 
 def named_sources(recipe: Recipe) -> dict[str, list[str]]:
-    """The dataset paths the recipe itself names (a run folder's recipe.yaml names those it was run on)."""
-    return {key: list(paths) for key in SOURCE_KEYS if (paths := getattr(recipe.data, key))}
+    """The dataset paths the recipe itself names (a run folder's recipe.yaml names those it was run on); none when
+    they are the demo data of the run that saved it (a rerun generates its own, as that run did)."""
+    named = {key: list(paths) for key in SOURCE_KEYS if (paths := getattr(recipe.data, key))}
+    alpaca = named.get("alpaca", [])
+    if len(alpaca) == 1 and len(Path(alpaca[0]).parents) > 1 and named == demo_sources(Path(alpaca[0]).parents[1]):
+        return {}
+    return named
 
 
 def resolve_recipe(recipe: Recipe, out: str | Path, sources: dict[str, list[str]] | None = None) -> Recipe:
