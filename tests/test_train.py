@@ -367,7 +367,7 @@ def test_a_time_limit_refits_the_steps_and_the_decay_and_survives_a_resume(tmp_p
     kw = dict(max_steps=40, time_limit_minutes=10 / 60, save_every=4, warmup_ratio=0.1)   # 10 s at 0.5 s a step
     whole = train(make_cfg(data_dir, tmp_path / "whole", llama_base, **kw))
     assert whole["steps"] == 20 and whole["most_steps"] == 40 and whole["train_seconds"] == 10.0
-    assert whole["refits"][0] == {"step": 2, "mean_step_s": 0.5, "from": 40, "to": 20}
+    assert whole["refits"][0] == {"step": 3, "mean_step_s": 0.5, "from": 40, "to": 20}
     lrs = [r["lr"] for r in metrics(tmp_path / "whole") if "lr" in r]
     assert lrs[-1] < 0.01 * max(lrs)            # the cosine decayed over the 20 steps, not the planned 40
 
@@ -383,8 +383,34 @@ def test_a_slower_machine_than_planned_ends_early_a_faster_one_never_passes_the_
     from llmft.training import trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "time", TickingClock(2.0))
-    slow = train(make_cfg(data_dir, tmp_path / "slow", llama_base, max_steps=12, time_limit_minutes=0.25))
+    slow = train(make_cfg(data_dir, tmp_path / "slow", llama_base, max_steps=12, time_limit_minutes=0.25,
+                          log_every=5))
     assert slow["steps"] == 7 and slow["train_seconds"] <= 15.0
+    assert [r["step"] for r in metrics(tmp_path / "slow") if "loss" in r] == [5, 7]   # the step the re-fit ended on
     monkeypatch.setattr(trainer_module, "time", TickingClock(0.01))
     fast = train(make_cfg(data_dir, tmp_path / "fast", llama_base, max_steps=12, time_limit_minutes=0.25))
     assert fast["steps"] == 12 and fast["refits"] == []
+
+
+def test_a_large_planned_total_is_refitted_after_three_steps_warmup_included(tmp_path, data_dir, llama_base,
+                                                                            monkeypatch):
+    """The plan starts at the most steps allowed (here 400, warm-up 40): a 10-step limit must not wait for step 20
+    (400 / REFITS_PER_RUN) nor leave the learning rate in a 40-step warm-up."""
+    from llmft.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "time", TickingClock(1.0))
+    summary = train(make_cfg(data_dir, tmp_path / "run", llama_base, max_steps=400, warmup_ratio=0.1,
+                             time_limit_minutes=10 / 60))
+    assert summary["steps"] == 10 and summary["refits"][0] == {"step": 3, "mean_step_s": 1.0, "from": 400, "to": 10}
+    lrs = [r["lr"] for r in metrics(tmp_path / "run") if "lr" in r]
+    assert lrs[:4] == [0.0, 2.5e-5, 5e-5, pytest.approx(0.883e-3, abs=1e-6)]   # step 4: warm-up over, cosine of 10
+    assert lrs[-1] < 0.1e-3                                                       # decayed within the 10 steps
+
+
+def test_the_time_limit_keeps_the_minimum_steps(tmp_path, data_dir, llama_base, monkeypatch):
+    from llmft.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "time", TickingClock(2.0))
+    floor = train(make_cfg(data_dir, tmp_path / "floor", llama_base, max_steps=12, time_limit_minutes=0.25,
+                           time_limit_min_steps=9))
+    assert floor["steps"] == 9 and floor["train_seconds"] == 18.0      # over the 15-second limit, as asked

@@ -152,6 +152,7 @@ class TrainConfig:
                                      help="the optimizer steps may take M minutes in all: from the measured step "
                                      "time the run re-fits its total steps (at most --max-steps / --epochs) and its "
                                      "learning-rate decay to end in time (0: no limit)")
+    time_limit_min_steps: int = 0           # with a time limit: train at least this many steps however slow the steps
     lr: float = flag(2e-4, group=LOOP)
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
@@ -215,8 +216,9 @@ class TrainConfig:
             problems.append(f"lr must be positive, got {self.lr}")
         if self.max_steps < 0 or self.epochs <= 0:
             problems.append("max_steps must be >= 0 and epochs > 0")
-        if self.time_limit_minutes < 0:
-            problems.append(f"time_limit_minutes must be >= 0, got {self.time_limit_minutes}")
+        if self.time_limit_minutes < 0 or self.time_limit_min_steps < 0:
+            problems.append(f"time_limit_minutes and time_limit_min_steps must be >= 0, got "
+                            f"{self.time_limit_minutes} and {self.time_limit_min_steps}")
         if self.row_tokens and self.row_tokens < self.max_length:
             problems.append(f"row_tokens ({self.row_tokens}) must be 0 or at least max_length ({self.max_length})")
         if self.packing and self.batch_tokens < self.max_length:

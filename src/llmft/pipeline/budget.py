@@ -405,7 +405,8 @@ def fit_recipe(recipe, layout, log):
     fitted = io.load_json(path)
     if fitted.get("time_limit_minutes"):
         # the recipe's most steps, re-fitted during training to the time left (the fit above is the probe's guess)
-        train = dataclasses.replace(recipe.train, time_limit_minutes=fitted["time_limit_minutes"])
+        train = dataclasses.replace(recipe.train, time_limit_minutes=fitted["time_limit_minutes"],
+                                    time_limit_min_steps=recipe.run.budget_min_steps)
     else:
         train = dataclasses.replace(recipe.train, max_steps=fitted["max_steps"])
     evaluation = recipe.eval

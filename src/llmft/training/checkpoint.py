@@ -17,7 +17,7 @@ from llmft.training.optim import trainable_parameters
 from llmft.training.plan import Plan
 
 RESUME_MAY_DIFFER = ("resume", "allow_data_change", "eval_every", "save_every", "log_every", "tensorboard",
-                     "report_to", "keep_checkpoints")
+                     "report_to", "keep_checkpoints", "time_limit_minutes", "time_limit_min_steps")
 PATH_KEYS = ("data", "out")     # compared as resolved paths: ./runs/x and /abs/runs/x are the same folder
 
 

@@ -16,6 +16,7 @@ uninterrupted run drew.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from contextlib import ExitStack, nullcontext
@@ -42,7 +43,8 @@ from llmft.training.plan import filler_batch, make_plan, rank_passes, row_cap, s
 from llmft.training.tokenize import tokenize_records
 
 
-REFITS_PER_RUN = 20         # time limit: how often over the planned steps the total is re-fitted
+REFIT_FIRST_AFTER = 3       # time limit: the first re-fit, after this many steps of this process (2 timed ones)
+REFITS_PER_RUN = 20         # ... then this many times over the planned steps
 REFIT_GROW_UNTIL = 0.5      # ... lengthened only in the first half: later, the cosine decay would jump back up
 
 
@@ -203,7 +205,7 @@ class Trainer:
         grad_norm = self.acc.clip_grad_norm_(self.wrapped.parameters(), self.cfg.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):     # FSDP2: a replicated DTensor; a plain tensor for logging
             grad_norm = grad_norm.full_tensor()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.optimizer.param_groups[0]["lr"]     # the scheduler's, or a time-limit re-fit's
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -254,6 +256,8 @@ class Trainer:
                 self.progress.train_seconds += self.step_times[-1]
                 if cfg.time_limit_minutes:
                     self._fit_to_time_limit(metrics, bar)
+                    if not log_now and self.progress.step == plan.total_steps:   # the re-fit ended the run here
+                        log_now, loss = True, self.step_loss(out)
                 if log_now and main:
                     self._log_step(metrics, bar, loss, out)
                 bar.update(1)
@@ -273,28 +277,47 @@ class Trainer:
         return self._finish()
 
     def _fit_to_time_limit(self, metrics, bar) -> None:
-        """Re-fit the total steps (and with it the cosine decay) to what `time_limit_minutes` leaves at this process's
-        mean step so far (its first step, kernel selection and allocator growth, left out). Checked
-        `REFITS_PER_RUN` times over the run: it may lengthen the run (up to the planned most) until `REFIT_GROW_UNTIL`
-        of it is done, and shorten it until the end, so a probe that misjudged the machine costs neither the budget
-        nor the steps it would have allowed."""
-        step, plan = self.progress.step, self.plan
-        if len(self.step_times) < 2 or step % max(1, self.most_steps // REFITS_PER_RUN):
+        """Re-fit the total steps (and with them the cosine decay, and the warm-up while it lasts) to what
+        `time_limit_minutes` leaves at this process's mean step so far (its first step, kernel selection and allocator
+        growth, left out). First after `REFIT_FIRST_AFTER` steps, whatever the planned total (the plan starts at the
+        most steps allowed, which can be thousands), then `REFITS_PER_RUN` times over the run: it may lengthen the
+        run until `REFIT_GROW_UNTIL` of it is done and shorten it until the end, never below `time_limit_min_steps`
+        nor above the most steps. The limit counts optimizer steps; dev-loss passes and checkpoints are outside it."""
+        step, plan, cfg = self.progress.step, self.plan, self.cfg
+        timed = len(self.step_times)
+        if timed < REFIT_FIRST_AFTER or (timed > REFIT_FIRST_AFTER
+                                         and step % max(1, plan.total_steps // REFITS_PER_RUN)):
             return
-        measured = torch.tensor([statistics.mean(self.step_times[1:]), self.progress.train_seconds],
-                                dtype=torch.float64, device=self.device)
-        mean_s, spent_s = (float(x) for x in self.acc.reduce(measured, reduction="max"))   # the same on every rank
-        left_s = 60.0 * self.cfg.time_limit_minutes - spent_s
-        total = min(self.most_steps, step + max(0, int(left_s // mean_s)))
-        if total > plan.total_steps and step > REFIT_GROW_UNTIL * plan.total_steps or total == plan.total_steps:
+        mean_s, spent_s = self._agreed_max(statistics.mean(self.step_times[1:]), self.progress.train_seconds)
+        left_s = 60.0 * cfg.time_limit_minutes - spent_s
+        fits = step + max(0, int(left_s // mean_s)) if mean_s > 0 else self.most_steps
+        total = min(self.most_steps, max(fits, cfg.time_limit_min_steps, step))
+        growing = total > plan.total_steps
+        if total == plan.total_steps or growing and step > REFIT_GROW_UNTIL * plan.total_steps:
             return
         self.refits.append({"step": step, "mean_step_s": round(mean_s, 3), "from": plan.total_steps, "to": total})
-        plan.total_steps = schedule_of(self.scheduler).total = max(total, step)
-        bar.total = plan.total_steps
+        schedule = schedule_of(self.scheduler)
+        if step < schedule.warmup:
+            schedule.warmup = math.ceil(cfg.warmup_ratio * total)
+        plan.total_steps = schedule.total = total
+        for group, base_lr in zip(self.optimizer.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base_lr * schedule(self.scheduler.last_epoch)    # the next step already follows the re-fit
+        bar.total = total
         bar.refresh()
         if metrics:
-            metrics.write({"step": step, "total_steps": plan.total_steps, "mean_step_s": round(mean_s, 3),
+            metrics.write({"step": step, "total_steps": total, "mean_step_s": round(mean_s, 3),
                            "elapsed_s": round(time.perf_counter() - self.started, 3)})
+
+    def _agreed_max(self, *values: float) -> list[float]:
+        """The largest of each value over all processes, so every rank re-fits to the same total (torch's MAX: older
+        accelerate versions summed anything but a mean)."""
+        if self.world == 1:
+            return list(values)
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.tolist()
 
     def _log_step(self, metrics, bar, loss: float, out: dict) -> None:
         p = self.progress
