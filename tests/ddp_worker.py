@@ -1,6 +1,7 @@
 """Started by tests/test_ddp.py under torchrun: one training run from a JSON TrainConfig given as argv[1], with
 options as JSON in argv[2]: {"short_step": N} leaves step N (0-based) a single micro-batch, so ranks other than 0 have
-none; {"fsdp2": true} runs train.py's FSDP path on CPU; {"stop_after": N} stops after step N with a checkpoint."""
+none; {"fsdp2": true} runs train.py's FSDP path on CPU; {"stop_after": N} stops after step N with a checkpoint;
+{"ticks": [a, b]}: rank r's steps measure ticks[r] seconds each."""
 import json
 import sys
 
@@ -35,8 +36,24 @@ def cpu_fsdp2_accelerator(log_with=None):
     return acc
 
 
+class RankClock:
+    """time for the trainer module: perf_counter advances by this rank's tick per call (an optimizer step measures
+    one tick), so the ranks see different step times."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
 if __name__ == "__main__":
     options = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    if options.get("ticks"):
+        import os
+
+        llmft.training.trainer.time = RankClock(options["ticks"][int(os.environ["RANK"])])
     if options.get("short_step") is not None:
         shorten_step(options["short_step"])
     if options.get("fsdp2"):

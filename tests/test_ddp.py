@@ -97,6 +97,17 @@ def test_two_processes_under_ddp_match_one_process_with_the_same_global_batch(se
     assert rows[2]["trainable_tokens"] - rows[1]["trainable_tokens"] < rows[1]["trainable_tokens"] / 2
 
 
+def test_ranks_with_different_step_times_refit_to_the_same_total(setting):
+    """Rank 0 measures 1 s a step, rank 1 2 s: both re-fit to what the slower leaves (15 s: 7 steps, not 12). Ranks
+    that disagreed would run different numbers of collectives and hang."""
+    root, common = setting
+    cfg = TrainConfig(out=str(root / "limited"), grad_accum=2, **{**common, "max_steps": 12, "eval_every": 0},
+                      time_limit_minutes=0.25)
+    run_two_processes(cfg, root / "cache", ticks=[1.0, 2.0])
+    summary = json.loads((root / "limited" / "summary.json").read_text())
+    assert summary["steps"] == 7 and summary["refits"][0] == {"step": 3, "mean_step_s": 2.0, "from": 12, "to": 7}
+
+
 @pytest.mark.slow
 def test_two_processes_under_fsdp2_match_one_process_across_a_resume(setting, one_process):
     """Sharded parameters and optimizer state: the step-2 checkpoint is gathered to full tensors, and the resumed
