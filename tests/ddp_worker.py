@@ -36,9 +36,9 @@ def cpu_fsdp2_accelerator(log_with=None):
     return acc
 
 
-class RankClock:
-    """time for the trainer module: perf_counter advances by this rank's tick per call (an optimizer step measures
-    one tick), so the ranks see different step times."""
+class TickingClock:
+    """A stand-in for the trainer module's `time`: every perf_counter() call advances by `tick`, so an optimizer step
+    (timed by two calls) measures exactly `tick` seconds (tests/test_train.py; here, per rank)."""
 
     def __init__(self, tick: float):
         self.now, self.tick = 0.0, tick
@@ -53,7 +53,7 @@ if __name__ == "__main__":
     if options.get("ticks"):
         import os
 
-        llmft.training.trainer.time = RankClock(options["ticks"][int(os.environ["RANK"])])
+        llmft.training.trainer.time = TickingClock(options["ticks"][int(os.environ["RANK"])])
     if options.get("short_step") is not None:
         shorten_step(options["short_step"])
     if options.get("fsdp2"):

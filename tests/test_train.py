@@ -15,6 +15,7 @@ from llmft.errors import InputFormatError, LlmftError
 from llmft.training.model import load_run_model
 from llmft.training.data import read_training_data
 from llmft.training.trainer import train
+from ddp_worker import TickingClock
 from tiny_models import CONFIGS, save_tiny_model
 
 WORDS = ["apple", "river", "stone", "cloud", "green", "tiger", "piano", "lemon", "orbit", "candle", "maple", "zebra"]
@@ -345,18 +346,6 @@ def test_the_schedule_is_transformers_cosine_with_warmup(warmup, total):
                                                 warmup, total).lr_lambdas[0]
     ours = CosineWithWarmup(warmup, total)
     assert all(abs(ours(step) - reference(step)) < 1e-12 for step in range(total + 2))
-
-
-class TickingClock:
-    """time.perf_counter for the trainer module: every call advances by `tick`, so an optimizer step (timed by two
-    calls) measures exactly `tick` seconds."""
-
-    def __init__(self, tick: float):
-        self.now, self.tick = 0.0, tick
-
-    def perf_counter(self) -> float:
-        self.now += self.tick
-        return self.now
 
 
 def test_a_time_limit_refits_the_steps_and_the_decay_and_survives_a_resume(tmp_path, data_dir, llama_base,
