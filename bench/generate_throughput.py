@@ -88,7 +88,7 @@ def plain_generate(model, tokenizer, prompts, options: GenerationOptions) -> lis
     """The baseline: model.generate on length-sorted left-padded batches, nothing else."""
     from transformers import GenerationConfig
 
-    from llmft.evaluation.generate import _left_pad, _length_sorted_batches, encode_prompt, stop_token_ids
+    from llmft.evaluation.generate import encode_prompt, left_pad, length_sorted_batches, stop_token_ids
 
     stop = stop_token_ids(tokenizer)
     config = GenerationConfig(max_new_tokens=options.max_new_tokens, do_sample=False, eos_token_id=stop,
@@ -96,8 +96,8 @@ def plain_generate(model, tokenizer, prompts, options: GenerationOptions) -> lis
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     results: list[list[int]] = [[] for _ in prompts]
     with torch.no_grad():
-        for batch in _length_sorted_batches([len(e) for e in encoded], options.batch_size):
-            ids, mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, "cpu")
+        for batch in length_sorted_batches([len(e) for e in encoded], options.batch_size):
+            ids, mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, "cpu")
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
             for row, index in enumerate(batch):
                 tokens = out[row, ids.shape[1]:].tolist()

@@ -48,9 +48,11 @@ def test_fit_steps_refuses_a_budget_without_room_for_one_step():
 # ---------------------------------------------------------------- the eval estimate
 
 def test_length_sorted_batches_and_padding():
+    from llmft.evaluation.generate import length_sorted_batches     # the estimate prices generation's own batches
+
     lengths = [10, 50, 30, 40, 20]
-    assert budget.length_sorted_batches(lengths, 2) == [[1, 3], [2, 4], [0]]
-    assert [budget.padded_tokens(lengths, b) for b in budget.length_sorted_batches(lengths, 2)] == [100, 60, 10]
+    assert length_sorted_batches(lengths, 2) == [[1, 3], [2, 4], [0]]
+    assert [budget.padded_tokens(lengths, b) for b in length_sorted_batches(lengths, 2)] == [100, 60, 10]
 
 
 def test_estimate_generation_and_eval_seconds():

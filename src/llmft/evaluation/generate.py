@@ -61,13 +61,13 @@ def encode_prompt(tokenizer, prompt: str, prefix: list[int] | None = None) -> li
     return ids if prefix and ids[:len(prefix)] == prefix else prefix + ids   # a chat template wrote it already
 
 
-def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first, so an out-of-memory shows at once)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -221,9 +221,9 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], options: Generatio
     model.eval()
     try:
         with contiguous_head_input(model):
-            for batch in progress(_length_sorted_batches([len(e) for e in encoded], options.batch_size), desc=desc,
+            for batch in progress(length_sorted_batches([len(e) for e in encoded], options.batch_size), desc=desc,
                                   unit="batch"):
-                ids, mask = _left_pad([encoded[i] for i in batch], pad_id, device)
+                ids, mask = left_pad([encoded[i] for i in batch], pad_id, device)
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
                 for row, index in enumerate(batch):
                     results[index] = _cut_at_stop(out[row, ids.shape[1]:].tolist(), set(stop_ids))

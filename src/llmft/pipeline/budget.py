@@ -103,12 +103,6 @@ def fit_steps(*, budget_s: float, spent_s: float, step_s: float, eval_s: float, 
                    over_budget=over, train_limit_s=0.0 if over else max(left, 0.0))
 
 
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Longest first, as generate.py and evaluate.py batch them."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def padded_tokens(lengths: list[int], batch: list[int]) -> int:
     return len(batch) * max(lengths[i] for i in batch)
 
@@ -117,6 +111,8 @@ def estimate_generation_s(prompt_lengths: list[int], batch_size: int, max_new_to
                           prefill_tokens_per_s: float, decode_step_s: float) -> float:
     """Every length-sorted batch: its left-padded prompt tokens at the prefill rate, then `max_new_tokens` decode
     steps (an upper bound: batches that all stop at EOS earlier finish sooner)."""
+    from llmft.evaluation.generate import length_sorted_batches     # the batches generation itself makes
+
     total = 0.0
     for batch in length_sorted_batches(prompt_lengths, batch_size):
         total += padded_tokens(prompt_lengths, batch) / prefill_tokens_per_s + max_new_tokens * decode_step_s
@@ -210,7 +206,8 @@ def measure_generation(cfg: TrainConfig, prompts: list, batch_size: int, bf16: s
     bf16). Decode: `PROBE_NEW_TOKENS` steps of a full eval batch of short prompt tails against the KV cache, so the
     probe stays cheap however long the eval prompts are. `prompts`: texts, or token id lists as `eval_inputs` gives
     them."""
-    from llmft.evaluation.generate import contiguous_head_input, encode_prompt, inference_dtype, inference_ready
+    from llmft.evaluation.generate import (contiguous_head_input, encode_prompt, inference_dtype, inference_ready,
+                                           left_pad, model_device)
     from llmft.training.model import attach_adapter, load_model, load_tokenizer
 
     started = time.perf_counter()
@@ -224,11 +221,11 @@ def measure_generation(cfg: TrainConfig, prompts: list, batch_size: int, bf16: s
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
     tails = [encoded[i % len(encoded)][-DECODE_PROBE_CONTEXT:] for i in range(batch_size)]
-    tail_ids, tail_mask = _left_padded(tails, pad_id)
+    tail_ids, tail_mask = left_pad(tails, pad_id, model_device(model))
     with inference_ready(model), contiguous_head_input(model):     # as evaluate_run scores the tuned model
         _generate(model, tail_ids[:1], tail_mask[:1], 1)            # warm-up
         batch = median_prompts([len(e) for e in encoded], min(batch_size, len(encoded)))
-        ids, mask = _left_padded([encoded[i] for i in batch], pad_id)
+        ids, mask = left_pad([encoded[i] for i in batch], pad_id, model_device(model))
         prefill_s, prefill_tokens = _generate(model, ids, mask, 1), ids.numel()
         decode_step_s = _decode_step_s(model, tail_ids, tail_mask, PROBE_NEW_TOKENS)
     del model
@@ -236,18 +233,6 @@ def measure_generation(cfg: TrainConfig, prompts: list, batch_size: int, bf16: s
                           decode_step_s=decode_step_s,
                           prefill_probe_tokens=prefill_tokens, decode_probe_batch=len(tails),
                           dtype=str(dtype).removeprefix("torch."))
-
-
-def _left_padded(sequences: list[list[int]], pad_id: int):
-    import torch
-
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
-    return ids, mask
 
 
 def _decode_step_s(model, ids, mask, steps: int) -> float:
