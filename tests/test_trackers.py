@@ -89,8 +89,14 @@ def test_wandb_offline_and_tensorboard_write_into_the_run_folder(tmp_path, setup
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     (log,) = (run / "wandb").glob("offline-run-*/*.wandb")
     # history rows (and the running summary, which repeats them) are protobuf records: key "train/loss", then
-    # field 16 (value_json) with the number as text
-    found = re.findall(rb"train/loss\x82\x01.([-0-9.e+]+)", log.read_bytes())
+    # field 16 (value_json) with the number as text, after a one-byte length (the byte after it may be any tag,
+    # "+" included, so the length and not the digits says where the number ends)
+    raw = log.read_bytes()
+    found = []
+    for key in re.finditer(rb"train/loss\x82\x01", raw):
+        length = raw[key.end()]
+        assert length < 128, "value_json longer than a one-byte varint"
+        found.append(raw[key.end() + 1 : key.end() + 1 + length])
     logged = [float(v) for v in dict.fromkeys(found)]
     assert logged == pytest.approx([m["loss"] for m in metrics(run) if "loss" in m], abs=1e-6)
 
