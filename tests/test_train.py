@@ -151,8 +151,9 @@ def test_gradient_accumulation_normalises_by_the_tokens_of_the_whole_batch(tmp_p
 
 
 def test_stop_and_resume_equals_one_uninterrupted_run(tmp_path, data_dir, llama_base):
-    """With dropout on, so the random state must be restored exactly too."""
-    kw = dict(max_steps=5, save_every=2, eval_every=2, lora_dropout=0.1, batch_tokens=128, grad_accum=2)
+    """With dropout and NEFTune noise on, so the random state must be restored exactly too."""
+    kw = dict(max_steps=5, save_every=2, eval_every=2, lora_dropout=0.1, batch_tokens=128, grad_accum=2,
+              neftune_noise_alpha=5.0)
     whole, parted = tmp_path / "whole", tmp_path / "parted"
     train(make_cfg(data_dir, whole, llama_base, **kw))
     assert train(make_cfg(data_dir, parted, llama_base, **kw), stop_after=3) is None
@@ -174,6 +175,15 @@ def test_stop_and_resume_equals_one_uninterrupted_run(tmp_path, data_dir, llama_
         assert torch.equal(a[name], b[name]), name
     whole_summary = json.loads((whole / "summary.json").read_text())
     assert summary["trainable_tokens"] == whole_summary["trainable_tokens"]
+
+
+def test_neftune_noise_changes_the_training_loss_but_not_the_dev_loss(tmp_path, data_dir, llama_base):
+    plain, noisy = tmp_path / "plain", tmp_path / "noisy"
+    train(make_cfg(data_dir, plain, llama_base, max_steps=1))
+    train(make_cfg(data_dir, noisy, llama_base, max_steps=1, neftune_noise_alpha=50.0))
+    dev = [[m["dev_loss"] for m in metrics(run) if "dev_loss" in m] for run in (plain, noisy)]
+    assert dev[0][0] == dev[1][0], "the dev loss before training sees no noise"
+    assert train_losses(plain)[0] != pytest.approx(train_losses(noisy)[0], rel=1e-4)
 
 
 def test_resume_with_changed_settings_lists_them(tmp_path, data_dir, llama_base):

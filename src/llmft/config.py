@@ -154,6 +154,9 @@ class TrainConfig:
                                      "learning-rate decay to end in time (0: no limit)")
     time_limit_min_steps: int = 0           # with a time limit: train at least this many steps however slow the steps
     lr: float = flag(2e-4, group=LOOP)
+    neftune_noise_alpha: float = flag(0.0, group=LOOP, metavar="ALPHA",
+                                      help="NEFTune: uniform noise of alpha / sqrt(length x hidden size) on the input "
+                                      "embeddings while training (the paper used 5 to 15; 0: off)")
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
@@ -210,6 +213,8 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.log_every <= 0:
             problems.append(f"log_every must be positive, got {self.log_every}")
+        if self.neftune_noise_alpha < 0:
+            problems.append(f"neftune_noise_alpha must be >= 0 (0: off), got {self.neftune_noise_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
             problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lr <= 0:

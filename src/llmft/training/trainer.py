@@ -40,6 +40,7 @@ from llmft.training.model import load_tokenizer, resolve_model
 from llmft.training.optim import (build_model, make_optimizer, make_scheduler, schedule_of, trainable_parameters,
                                   uses_chunked_loss)
 from llmft.training.plan import filler_batch, make_plan, rank_passes, row_cap, split_rows, step_micro_batches
+from llmft.training.neftune import embedding_noise, token_example_lengths
 from llmft.training.tokenize import tokenize_records
 
 
@@ -195,7 +196,9 @@ class Trainer:
         for k, row in enumerate(passes):
             sync = k == len(passes) - 1
             with nullcontext() if sync else self.acc.no_sync(self.wrapped):
-                loss_sum = self.forward(self.filler if row is None else self.batcher.collate(row))
+                batch = self.filler if row is None else self.batcher.collate(row)
+                with embedding_noise(self.model, self.cfg.neftune_noise_alpha, token_example_lengths(batch)):
+                    loss_sum = self.forward(batch)
                 # DDP/FSDP average the gradients over ranks: x world / n_step turns that average into the
                 # gradient of (sum of token losses of the whole step) / (its trainable tokens on all ranks)
                 weight = 0.0 if row is None else self.world / n_step
