@@ -374,6 +374,7 @@ def test_a_time_limit_refits_the_steps_and_the_decay_and_survives_a_resume(tmp_p
     monkeypatch.setattr(trainer_module, "time", TickingClock(0.5))
     resumed = train(make_cfg(data_dir, tmp_path / "parted", llama_base, resume=True, **kw))
     assert resumed["resumed_from_step"] == 9 and resumed["steps"] == 20
+    assert resumed["refits"][0] == whole["refits"][0], "the re-fits before the interruption stay in the summary"
     assert [r["lr"] for r in metrics(tmp_path / "parted") if "lr" in r] == lrs
 
 

@@ -121,7 +121,6 @@ class Trainer:
         self.progress = Progress()
         self.most_steps = self.plan.total_steps     # a time limit re-fits the total below this, never above
         self.step_times: list[float] = []           # this process's optimizer steps, for the time limit
-        self.refits: list[dict] = []
         checkpoints = list_checkpoints(self.run_dir) if cfg.resume else []
         if checkpoints:
             self.progress = load_checkpoint(checkpoints[-1], self.model, self.wrapped, self.optimizer.optimizer,
@@ -298,7 +297,6 @@ class Trainer:
         growing = total > plan.total_steps
         if total == plan.total_steps or growing and step > REFIT_GROW_UNTIL * plan.total_steps:
             return
-        self.refits.append({"step": step, "mean_step_s": round(mean_s, 3), "from": plan.total_steps, "to": total})
         schedule = schedule_of(self.scheduler)
         if step < schedule.warmup:
             schedule.warmup = math.ceil(cfg.warmup_ratio * total)
@@ -389,10 +387,22 @@ class Trainer:
             "final_dev_loss": dev_losses[-1] if dev_losses else None,
             "resumed_from_step": p.resumed_from, "world_size": self.world, "device": str(self.device),
             **({"time_limit_minutes": self.cfg.time_limit_minutes, "most_steps": self.most_steps,
-                "refits": self.refits} if self.cfg.time_limit_minutes else {}),
+                "refits": refits_of(metrics, self.most_steps)} if self.cfg.time_limit_minutes else {}),
             "bf16": self.bf16, **runfolder.peak_memory(),
         }
 
+
+
+def refits_of(metrics: list[dict], most_steps: int) -> list[dict]:
+    """The time limit's re-fits as metrics.jsonl logged them, so a resumed run lists those before its interruption
+    too; the first re-fit starts from the most steps, the plan's total."""
+    refits, total = [], most_steps
+    for row in metrics:
+        if "total_steps" in row:
+            refits.append({"step": row["step"], "mean_step_s": row["mean_step_s"], "from": total,
+                           "to": row["total_steps"]})
+            total = row["total_steps"]
+    return refits
 
 
 def model_reference(name: str) -> str:
