@@ -13,6 +13,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("LLMFT_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.pop("LLMFT_DEBUG", None)     # a developer's debug tracebacks would fail the "no traceback" assertions
+for _name in ("NO_PROXY", "no_proxy"):  # the fake hubs and URL servers listen on loopback: never via a CI proxy
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1,localhost"]))
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO.parent / "shared" / "fixtures" / "raw"

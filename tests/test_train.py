@@ -141,7 +141,8 @@ def test_gradient_accumulation_normalises_by_the_tokens_of_the_whole_batch(tmp_p
         per_micro_mean = sum(model(input_ids=batch["input_ids"][i:i + 2],
                                    attention_mask=batch["attention_mask"][i:i + 2],
                                    labels=batch["labels"][i:i + 2]).loss.item() for i in range(0, 8, 2)) / 4
-    assert loss_acc == pytest.approx(reference, abs=2e-6) and loss_one == pytest.approx(reference, abs=2e-6)
+    # 2e-5: float32 sums in another order and metrics.jsonl's 6 decimals on a loss near 10 (test_ddp's tolerance)
+    assert loss_acc == pytest.approx(reference, abs=2e-5) and loss_one == pytest.approx(reference, abs=2e-5)
     assert abs(per_micro_mean - reference) > 1e-3      # the data would catch a per-micro-batch mean
     a = load_file(accumulated / "adapter" / "adapter_model.safetensors")
     b = load_file(one_batch / "adapter" / "adapter_model.safetensors")
