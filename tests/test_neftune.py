@@ -30,7 +30,7 @@ def test_noise_is_uniform_within_alpha_over_the_root_of_length_times_width():
     lengths = token_example_lengths(batch)
     alpha, width = 5.0, model.config.hidden_size
     clean = model.get_input_embeddings()(batch["input_ids"])
-    with embedding_noise(model, alpha, lengths):
+    with embedding_noise(model, alpha, batch):
         noisy = model.get_input_embeddings()(batch["input_ids"])
     unit = (noisy - clean) / (alpha / torch.sqrt(lengths * width)).unsqueeze(-1)
     for part in (unit[0, :40], unit[0, 40:]):       # each example on its own scale, U(-1, 1) there
@@ -44,7 +44,7 @@ def test_alpha_zero_adds_nothing():
     model = tiny_model("llama")
     batch = collate_packed([example(7)])
     clean = model.get_input_embeddings()(batch["input_ids"])
-    with embedding_noise(model, 0.0, token_example_lengths(batch)):
+    with embedding_noise(model, 0.0, batch):
         assert torch.equal(model.get_input_embeddings()(batch["input_ids"]), clean)
 
 

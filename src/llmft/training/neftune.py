@@ -25,11 +25,13 @@ def token_example_lengths(batch: dict) -> torch.Tensor:
 
 
 @contextmanager
-def embedding_noise(model, alpha: float, lengths: torch.Tensor) -> Iterator[None]:
-    """Within the block, the model's input embeddings come out with NEFTune noise (no-op for alpha 0)."""
+def embedding_noise(model, alpha: float, batch: dict) -> Iterator[None]:
+    """Within the block, the model's input embeddings of `batch` come out with NEFTune noise (no-op, and no work on
+    the batch, for alpha 0)."""
     if alpha <= 0:
         yield
         return
+    lengths = token_example_lengths(batch)
     embeddings = model.get_input_embeddings()
 
     def add_noise(module, args, output: torch.Tensor) -> torch.Tensor:

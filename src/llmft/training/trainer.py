@@ -40,7 +40,7 @@ from llmft.training.model import load_tokenizer, resolve_model
 from llmft.training.optim import (build_model, make_optimizer, make_scheduler, schedule_of, trainable_parameters,
                                   uses_chunked_loss)
 from llmft.training.plan import filler_batch, make_plan, rank_passes, row_cap, split_rows, step_micro_batches
-from llmft.training.neftune import embedding_noise, token_example_lengths
+from llmft.training.neftune import embedding_noise
 from llmft.training.tokenize import tokenize_records
 
 
@@ -196,7 +196,7 @@ class Trainer:
             sync = k == len(passes) - 1
             with nullcontext() if sync else self.acc.no_sync(self.wrapped):
                 batch = self.filler if row is None else self.batcher.collate(row)
-                with embedding_noise(self.model, self.cfg.neftune_noise_alpha, token_example_lengths(batch)):
+                with embedding_noise(self.model, self.cfg.neftune_noise_alpha, batch):
                     loss_sum = self.forward(batch)
                 # DDP/FSDP average the gradients over ranks: x world / n_step turns that average into the
                 # gradient of (sum of token losses of the whole step) / (its trainable tokens on all ranks)
@@ -390,7 +390,6 @@ class Trainer:
                 "refits": refits_of(metrics, self.most_steps)} if self.cfg.time_limit_minutes else {}),
             "bf16": self.bf16, **runfolder.peak_memory(),
         }
-
 
 
 def refits_of(metrics: list[dict], most_steps: int) -> list[dict]:
